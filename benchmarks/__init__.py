@@ -1,0 +1,1 @@
+"""Benchmarks: each module defines its items and its scorer, registered by name."""

@@ -1,0 +1,92 @@
+"""The benchmark contract: items to answer, and a scorer over answer records."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+DATA_DIR = Path(__file__).resolve().parent / "data"
+
+
+@dataclass
+class Item:
+    """One thing a model must answer: a prompt about an image."""
+
+    question_id: Any  # unique within the benchmark; joined to answers by str(question_id)
+    prompt: str  # the question or instruction, before the model's chat template
+    image_path: str | None  # absolute path to the image file (None for text-only items)
+    image_id: str | None = None  # the benchmark's own image identifier (e.g. a COCO file name)
+    meta: dict = field(default_factory=dict)  # label, category, type, ... copied into the answer record
+
+
+class AnswerMismatchError(ValueError):
+    """Answers whose ids do not match the benchmark: lists missing and unknown ids."""
+
+    def __init__(self, source: str, missing: list, unknown: list, n_expected: int):
+        self.missing, self.unknown = missing, unknown
+
+        def show(ids: list) -> str:
+            head = ", ".join(map(str, ids[:10]))
+            return head + (f", ... ({len(ids)} in all)" if len(ids) > 10 else "")
+
+        parts = [f"answers in {source} do not match the benchmark ({n_expected} expected ids)"]
+        if missing:
+            parts.append(f"missing {len(missing)}: {show(missing)}")
+        if unknown:
+            parts.append(f"unknown {len(unknown)}: {show(unknown)}")
+        super().__init__("; ".join(parts))
+
+
+def match_ids(expected: Iterable[Any], got: Iterable[Any], source: str, allow_missing: bool = False) -> None:
+    """Raise AnswerMismatchError unless `got` covers exactly the `expected` ids (compared as strings)."""
+    exp = [str(x) for x in expected]
+    got_s = [str(x) for x in got]
+    exp_set, got_set = set(exp), set(got_s)
+    missing = [x for x in exp if x not in got_set]
+    unknown = [x for x in got_s if x not in exp_set]
+    if unknown or (missing and not allow_missing):
+        raise AnswerMismatchError(source, [] if allow_missing else missing, unknown, len(exp_set))
+
+
+class Benchmark(ABC):
+    """A named benchmark built from its config node (a plain dict)."""
+
+    name: str = "benchmark"
+    #: metrics shown in the leaderboard, in order
+    headline_metrics: tuple[str, ...] = ()
+    #: the kind of task; some interventions (first_token_probe) only apply to "yes_no"
+    task: str = "open"
+
+    #: config keys whose values distinguish variants of this benchmark in leaderboards
+    label_keys: tuple[str, ...] = ()
+
+    def __init__(self, cfg: Mapping[str, Any] | None = None):
+        self.cfg = dict(cfg or {})
+
+    def label(self) -> str:
+        """The benchmark's name plus the config values that distinguish its variants (e.g. pope/coco/random)."""
+        parts = [str(self.cfg.get(k)) for k in self.label_keys if self.cfg.get(k) is not None]
+        return "/".join([self.name] + parts)
+
+    @abstractmethod
+    def items(self) -> list[Item]:
+        """The items to answer, in a fixed order."""
+
+    @abstractmethod
+    def score(self, records: list[dict], source: str = "answers") -> dict:
+        """Metrics (a flat JSON-able dict) for answer records that carry `question_id` and `answer`."""
+
+    def restrict_to(self, question_ids: Iterable[Any]) -> None:
+        """Score only these items from now on (a `run.limit` run or skipped items): items() is filtered."""
+        self._only = {str(q) for q in question_ids}
+        if not getattr(self, "_items_wrapped", False):
+            full = self.items
+            self.items = lambda: [it for it in full() if str(it.question_id) in self._only]  # type: ignore
+            self._items_wrapped = True
+
+    def load_answers(self, path: str | Path) -> list[dict]:
+        """Answer records from a file: the harness's answers JSONL (subclasses accept more formats)."""
+        from harness.records import read_answers
+
+        return read_answers(path)

@@ -1,0 +1,38 @@
+"""The run fingerprint: everything that determines a run's answers, stored with every record."""
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from importlib import metadata
+from typing import Any, Mapping
+
+PACKAGES = ("torch", "transformers", "tokenizers", "nltk", "peft", "halluc-bench")
+
+
+def package_versions() -> dict:
+    """Installed versions of the packages that can change answers or scores."""
+    out = {"python": platform.python_version()}
+    for p in PACKAGES:
+        try:
+            out[p] = metadata.version(p)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def make_fingerprint(model_cfg: Mapping, intervention: Any, decoding: Mapping, seed: int,
+                     benchmark_cfg: Mapping) -> dict:
+    """A JSON-able fingerprint of a run and its short hash under `hash`."""
+    fp = {
+        "model": {k: model_cfg.get(k) for k in ("name", "family", "path", "tiny", "dtype", "adapter")},
+        "intervention": {"name": intervention.name, "params": intervention.params()},
+        "decoding": dict(decoding),
+        "seed": seed,
+        "attn_implementation": model_cfg.get("attn_implementation") or "eager",
+        "benchmark": dict(benchmark_cfg),
+        "versions": package_versions(),
+    }
+    stable = {k: v for k, v in fp.items() if k != "versions"}
+    fp["hash"] = hashlib.sha256(json.dumps(stable, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return fp

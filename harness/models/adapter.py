@@ -1,0 +1,200 @@
+"""A uniform view of one vision-language model: prompts, batched inputs, image-token spans, sites, generation."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import yaml
+
+SITES_DIR = Path(__file__).resolve().parent / "sites"
+
+
+def load_sites(family: str) -> dict:
+    """The site map (abstract site -> module path) of a model family from `sites/<family>.yaml`."""
+    path = SITES_DIR / f"{family}.yaml"
+    if not path.exists():
+        valid = sorted(p.stem for p in SITES_DIR.glob("*.yaml"))
+        raise KeyError(f"unknown model family {family!r}; valid choices: {', '.join(valid)}")
+    return yaml.safe_load(path.read_text())
+
+
+def resolve_module(root: torch.nn.Module, path: str) -> torch.nn.Module:
+    """The submodule at dotted `path`; a KeyError names the path when it does not resolve."""
+    try:
+        return root.get_submodule(path)
+    except AttributeError as e:
+        raise KeyError(f"module path {path!r} does not resolve on {type(root).__name__}: {e}") from None
+
+
+@dataclass
+class Batch:
+    """Processed model inputs for a batch of (image, question) pairs, plus what produced them."""
+
+    inputs: dict  # tensors for model.forward / generate
+    prompts: list[str]  # the full templated prompts
+    images: list[Any] = field(default_factory=list)  # PIL images, in row order
+
+
+class VLMAdapter:
+    """Wraps a Hugging Face VLM and its processor with family-specific knowledge from a site map."""
+
+    def __init__(self, model: torch.nn.Module, processor: Any, family: str, name: str = "",
+                 prompt_template: str | None = None, system_prompt: str | None = None):
+        self.model = model
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.family = family
+        self.name = name or family
+        self.sites = load_sites(family)
+        self.prompt_template = prompt_template or self.sites.get("prompt_template")
+        self.system_prompt = system_prompt
+        self.image_token_id = int(self.model.config.image_token_id if hasattr(self.model.config, "image_token_id")
+                                  else self.model.config.image_token_index)
+        self.tokenizer.padding_side = "left"  # batched generation needs left padding
+        qtok = getattr(processor, "qformer_tokenizer", None)
+        if qtok is not None:
+            qtok.padding_side = "right"  # BERT-style Q-Former input: right padding like a single row
+
+    # ---- sites -------------------------------------------------------------------------------
+    def site(self, name: str) -> torch.nn.Module:
+        """The module for abstract site `name` (e.g. 'decoder_layers', 'lm_head', 'vision_layers')."""
+        path = self.sites.get(name)
+        if not path:
+            raise KeyError(f"site {name!r} is not defined for model family {self.family!r}")
+        return resolve_module(self.model, path)
+
+    def site_path(self, name: str) -> str:
+        """The dotted module path of abstract site `name`."""
+        path = self.sites.get(name)
+        if not path:
+            raise KeyError(f"site {name!r} is not defined for model family {self.family!r}")
+        return path
+
+    def decoder_layers(self) -> torch.nn.ModuleList:
+        """The decoder blocks of the language model."""
+        return self.site("decoder_layers")
+
+    @property
+    def num_layers(self) -> int:
+        """Number of decoder blocks."""
+        return len(self.decoder_layers())
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the input embeddings (where inputs go)."""
+        return self.site("embed_tokens").weight.device
+
+    # ---- prompts and inputs ------------------------------------------------------------------
+    def format_prompt(self, question: str, with_image: bool = True) -> str:
+        """The full model prompt for a question: the family's template, else the checkpoint's chat template."""
+        if self.prompt_template:
+            return self.prompt_template.format(question=question)
+        content = ([{"type": "image"}] if with_image else []) + [{"type": "text", "text": question}]
+        messages = [{"role": "user", "content": content}]
+        if self.system_prompt:
+            messages.insert(0, {"role": "system", "content": [{"type": "text", "text": self.system_prompt}]})
+        return self.processor.apply_chat_template(messages, add_generation_prompt=True)
+
+    def prepare(self, images: Sequence[Any], questions: Sequence[str]) -> Batch:
+        """Tokenised, left-padded inputs for a batch of images and questions, on the model's device."""
+        prompts = [self.format_prompt(q) for q in questions]
+        if getattr(self.processor, "qformer_tokenizer", None) is not None or self.sites.get("qformer"):
+            # BLIP processors put padding between the query tokens and the text, which shifts
+            # positions; process rows alone and pad ourselves so batched rows equal single rows.
+            rows = [self.processor(images=[im], text=[p], return_tensors="pt") for im, p in zip(images, prompts)]
+            enc = collate_rows(rows, self.tokenizer.pad_token_id,
+                               getattr(getattr(self.processor, "qformer_tokenizer", None), "pad_token_id", 0))
+        else:
+            enc = self.processor(images=list(images), text=prompts, return_tensors="pt", padding=True)
+        dtype = next(self.model.parameters()).dtype
+        inputs = {}
+        for k, v in enc.items():
+            if torch.is_tensor(v):
+                v = v.to(self.device)
+                if v.is_floating_point():
+                    v = v.to(dtype)
+            inputs[k] = v
+        return Batch(inputs=inputs, prompts=prompts, images=list(images))
+
+    def image_token_mask(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Boolean [batch, seq] mask of the positions that hold image features."""
+        return input_ids == self.image_token_id
+
+    def image_spans(self, input_ids: torch.Tensor) -> list[tuple[int, int]]:
+        """Per row, the [start, end) span of image-token positions (they are contiguous in every family)."""
+        spans = []
+        for row in self.image_token_mask(input_ids):
+            idx = row.nonzero().flatten()
+            if idx.numel() == 0:
+                spans.append((0, 0))
+                continue
+            start, end = int(idx[0]), int(idx[-1]) + 1
+            if end - start != idx.numel():
+                raise ValueError("image tokens are not contiguous in this row; spans are undefined")
+            spans.append((start, end))
+        return spans
+
+    # ---- generation --------------------------------------------------------------------------
+    def generate(self, batch: Batch, decoding: dict, logits_processor: list | None = None,
+                 **extra: Any) -> list[str]:
+        """Generated answers (decoded, stripped) for a prepared batch under a decoding config."""
+        ids = self.generate_ids(batch, decoding, logits_processor, **extra)
+        return self.decode(ids)
+
+    def generate_ids(self, batch: Batch, decoding: dict, logits_processor: list | None = None,
+                     **extra: Any) -> torch.Tensor:
+        """New token ids [batch, new] for a prepared batch (prompt tokens removed)."""
+        from transformers import LogitsProcessorList
+
+        kwargs = generation_kwargs(decoding, self.tokenizer)
+        kwargs.update(extra)
+        if logits_processor:
+            kwargs["logits_processor"] = LogitsProcessorList(logits_processor)
+        with torch.inference_mode():
+            out = self.model.generate(**batch.inputs, **kwargs)
+        return out[:, batch.inputs["input_ids"].shape[1]:]
+
+    def decode(self, ids: torch.Tensor) -> list[str]:
+        """Texts for token id rows, special tokens and padding dropped."""
+        return [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
+
+def collate_rows(rows: list[dict], pad_id: int, qformer_pad_id: int | None) -> dict:
+    """One batch from single-row encodings: LM inputs left-padded, Q-Former inputs right-padded."""
+    out: dict = {}
+    for key in rows[0].keys():
+        vals = [r[key] for r in rows]
+        if key in ("input_ids", "attention_mask") or key.startswith("qformer_"):
+            left = not key.startswith("qformer_")
+            fill = 0 if key.endswith("attention_mask") else (pad_id if left else (qformer_pad_id or 0))
+            width = max(v.shape[1] for v in vals)
+            padded = []
+            for v in vals:
+                pad = torch.full((1, width - v.shape[1]), fill, dtype=v.dtype)
+                padded.append(torch.cat([pad, v] if left else [v, pad], dim=1))
+            out[key] = torch.cat(padded)
+        else:
+            out[key] = torch.cat(vals)
+    return out
+
+
+def generation_kwargs(decoding: dict, tokenizer: Any) -> dict:
+    """`generate` keyword arguments for a decoding config (greedy, beam or sampling)."""
+    strategy = decoding.get("strategy", "greedy")
+    kw: dict = {"max_new_tokens": int(decoding.get("max_new_tokens") or 64),
+                "pad_token_id": tokenizer.pad_token_id}
+    if strategy == "greedy":
+        kw.update(do_sample=False, num_beams=1)
+    elif strategy == "beam":
+        kw.update(do_sample=False, num_beams=int(decoding.get("num_beams", 5)))
+    elif strategy == "sample":
+        kw.update(do_sample=True, temperature=float(decoding.get("temperature", 1.0)),
+                  top_p=float(decoding.get("top_p", 1.0)), top_k=int(decoding.get("top_k", 0) or 0))
+    else:
+        raise ValueError(f"decoding.strategy={strategy!r}; valid choices: greedy, beam, sample")
+    for key in ("repetition_penalty", "length_penalty", "min_new_tokens"):
+        if decoding.get(key) is not None:
+            kw[key] = decoding[key]
+    return kw

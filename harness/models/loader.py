@@ -1,0 +1,57 @@
+"""Load a model adapter from a model config: a hub id or local folder, or a tiny offline variant."""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+
+from harness.models.adapter import VLMAdapter
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "auto": "auto"}
+
+
+def pick_device(device: str | None) -> str:
+    """`auto` -> the local CUDA device when there is one (LOCAL_RANK-aware), else cpu."""
+    if device and device != "auto":
+        return device
+    if torch.cuda.is_available():
+        import os
+
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    return "cpu"
+
+
+def load_adapter(cfg: Mapping[str, Any]) -> VLMAdapter:
+    """A VLMAdapter for a model config node (keys: name, family, path, tiny, dtype, device, device_map, ...)."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    path = cfg.get("path")
+    if cfg.get("tiny"):
+        from harness.models.tiny import ensure_tiny_model
+
+        path = str(ensure_tiny_model(cfg["tiny"], int(cfg.get("tiny_seed", 0))))
+    if not path:
+        raise ValueError(f"model {cfg.get('name')!r}: set model.path (hub id or local folder) or model.tiny")
+    dtype_name = str(cfg.get("dtype") or "float32")
+    if dtype_name not in DTYPES:
+        raise ValueError(f"model.dtype={dtype_name!r}; valid choices: {', '.join(DTYPES)}")
+    device = pick_device(cfg.get("device"))
+    dtype = DTYPES[dtype_name]
+    if device == "cpu" and dtype in (torch.float16,):
+        dtype = torch.float32  # half matmuls are unsupported or very slow on CPU
+    trust = bool(cfg.get("trust_remote_code", False))
+    kwargs: dict = dict(dtype=dtype, attn_implementation=cfg.get("attn_implementation") or "eager",
+                        trust_remote_code=trust)
+    if cfg.get("device_map"):
+        kwargs["device_map"] = cfg["device_map"]
+    model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
+    if not cfg.get("device_map"):
+        model.to(device)
+    if cfg.get("adapter"):
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, cfg["adapter"]).merge_and_unload()
+    model.eval()
+    processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust, backend="pil")
+    return VLMAdapter(model, processor, family=cfg["family"], name=cfg.get("name", ""),
+                      prompt_template=cfg.get("prompt_template"), system_prompt=cfg.get("system_prompt"))

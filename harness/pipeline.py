@@ -1,0 +1,116 @@
+"""One job: generate (sharded, resumable) or take an answers file, score it, store and print the result."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from harness.fingerprint import make_fingerprint
+from harness.registry import BENCHMARKS
+from harness.results import add_result, read_results, result_row
+from harness.sharding import merge_shards, shard_file, shard_items, shard_world
+
+log = logging.getLogger("halluc_bench")
+
+
+def plain(node: Any) -> Any:
+    """A config node as plain Python containers."""
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+def build_benchmark(cfg: dict):
+    """The benchmark object for a benchmark config node."""
+    return BENCHMARKS.get(cfg["name"])(cfg)
+
+
+def selected_items(bench: Any, limit: int | None) -> list:
+    """The benchmark's items, cut to the first `limit` when given."""
+    items = bench.items()
+    return items[: int(limit)] if limit else items
+
+
+def score_and_store(bench: Any, records: list[dict], source: str, run_dir: Path, cfg: dict,
+                    intervention: Any, fingerprint: dict | None, expected: list | None = None) -> dict:
+    """Score records, write scores.json in the run dir, add a results-store row; returns the scores."""
+    skipped = [r for r in records if r.get("skipped")]
+    scored = [r for r in records if not r.get("skipped")]
+    if expected is not None:
+        keep = {str(r["question_id"]) for r in scored}
+        bench.restrict_to([q for q in expected if str(q) in keep])
+    scores = bench.score(scored, source=source)
+    if skipped:
+        scores["skipped"] = len(skipped)
+    (run_dir / "scores.json").write_text(json.dumps(scores, indent=2, default=str) + "\n")
+    row = result_row(cfg["model"], intervention, bench, scores, fingerprint, source, run_dir)
+    add_result(cfg["results_store"], row)
+    return scores
+
+
+def run_job(cfg: DictConfig, run_dir: Path) -> dict | None:
+    """Run the configured job in `run_dir`; returns the scores, or None for a shard still waiting on others."""
+    from interventions.base import build_intervention
+
+    c = plain(cfg)
+    bench = build_benchmark(c["benchmark"])
+    if c.get("answers"):
+        records = bench.load_answers(c["answers"])
+        scores = score_and_store(bench, records, str(c["answers"]), run_dir, c, None, None)
+        _print_scores(bench, scores, c)
+        return scores
+
+    intervention = build_intervention(c["intervention"])
+    decoding = dict(c["decoding"])
+    if not decoding.get("max_new_tokens"):
+        decoding["max_new_tokens"] = c["benchmark"].get("max_new_tokens") or 64
+    fingerprint = make_fingerprint(c["model"], intervention, decoding, c["seed"], c["benchmark"])
+    items = selected_items(bench, c["run"].get("limit"))
+    n_shards, shard_id = shard_world(c["run"].get("num_shards"), c["run"].get("shard_id"))
+    mine = shard_items(items, n_shards, shard_id)
+    out = shard_file(run_dir, n_shards, shard_id)
+    _check_fingerprint(out, fingerprint)
+
+    from harness.models.loader import load_adapter
+    from harness.runner import generate_answers
+
+    generate_answers(mine, out, lambda: load_adapter(c["model"]), intervention, decoding, fingerprint,
+                     batch_size=int(c["run"]["batch_size"]), seed=int(c["seed"]),
+                     skip_missing=bool(c["run"].get("skip_missing")),
+                     desc=f"{c['model']['name']} {bench.label()} shard {shard_id + 1}/{n_shards}")
+    merged = merge_shards(run_dir, n_shards, [it.question_id for it in items])
+    if merged is None:
+        log.info("shard %d/%d done; waiting for the other shards before merging", shard_id + 1, n_shards)
+        return None
+    from harness.records import read_jsonl
+
+    records = read_jsonl(merged)
+    scores = score_and_store(bench, records, str(merged), run_dir, c, intervention, fingerprint,
+                             expected=[it.question_id for it in items])
+    _print_scores(bench, scores, c)
+    return scores
+
+
+def _check_fingerprint(out: Path, fingerprint: dict) -> None:
+    """Refuse to resume into an answers file written under a different configuration."""
+    if not out.exists() or out.stat().st_size == 0:
+        return
+    with open(out, encoding="utf-8") as fh:
+        first = fh.readline()
+    try:
+        old = json.loads(first).get("fingerprint", {}).get("hash")
+    except json.JSONDecodeError:
+        return
+    if old and old != fingerprint["hash"]:
+        raise RuntimeError(f"{out} was written by a run with another configuration (fingerprint {old}, "
+                           f"now {fingerprint['hash']}); use another hydra.run.dir or remove the file")
+
+
+def _print_scores(bench: Any, scores: dict, c: dict) -> None:
+    from harness.leaderboard import leaderboard_frame, to_markdown
+
+    rows = [r for r in read_results(c["results_store"]) if r["benchmark"] == bench.label()]
+    print(f"\n{bench.label()} scores:")
+    print(json.dumps({k: v for k, v in scores.items() if not isinstance(v, (dict, list))}, indent=1))
+    print("\nleaderboard rows:\n" + to_markdown(leaderboard_frame(rows)))

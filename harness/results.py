@@ -1,0 +1,59 @@
+"""The results store: one JSON line per scored run under outputs/, appended under a lock."""
+from __future__ import annotations
+
+import fcntl
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from harness.records import read_jsonl
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    """Nested metric dicts flattened to 'a.b' keys, keeping numbers only."""
+    out: dict = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[key] = v
+    return out
+
+
+def add_result(store: str | Path, row: dict[str, Any]) -> dict:
+    """Append a result row (stamped with the time) to the store and return it."""
+    store = Path(store)
+    store.parent.mkdir(parents=True, exist_ok=True)
+    row = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), **row}
+    line = json.dumps(row, ensure_ascii=False, default=str) + "\n"
+    with open(store, "a", encoding="utf-8") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        fh.write(line)
+        fh.flush()
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    return row
+
+
+def read_results(store: str | Path) -> list[dict]:
+    """All rows of the store (empty when it does not exist yet)."""
+    store = Path(store)
+    return read_jsonl(store, drop_partial_tail=True) if store.exists() else []
+
+
+def result_row(model_cfg: dict, intervention: Any, bench: Any, scores: dict, fingerprint: dict | None,
+               answers_path: str | Path, run_dir: str | Path) -> dict:
+    """The store row for one scored run."""
+    return {
+        "model": model_cfg.get("name"),
+        "intervention": intervention.name if intervention is not None else "external",
+        "params": intervention.params() if intervention is not None else {},
+        "intervention_label": intervention.label() if intervention is not None else "external answers",
+        "benchmark": bench.label(),
+        "headline": list(bench.headline_metrics),
+        "metrics": flatten(scores),
+        "fingerprint": (fingerprint or {}).get("hash"),
+        "answers": str(answers_path),
+        "run_dir": str(run_dir),
+    }

@@ -1,0 +1,93 @@
+"""Batched generation over benchmark items, appending crash-safe answer records; resumes by skipping done ids."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from tqdm import tqdm
+
+from benchmarks.base import Item
+from harness.images import MissingImageError, load_image
+from harness.records import AnswerWriter, done_ids
+
+
+def batch_seed(seed: int, first_id: Any) -> int:
+    """A per-batch seed derived from the run seed and the batch's first item id."""
+    return int(hashlib.sha256(f"{seed}:{first_id}".encode()).hexdigest()[:8], 16)
+
+
+def generate_answers(items: Sequence[Item], out_file: Path, adapter_factory: Callable[[], Any],
+                     intervention: Any, decoding: dict, fingerprint: dict, batch_size: int = 4,
+                     seed: int = 0, skip_missing: bool = False, desc: str = "generating") -> int:
+    """Answer every item not yet in `out_file`; returns how many were answered now.
+
+    The model is only loaded when something is left to answer. Records are flushed per batch,
+    so a killed run loses at most the batch in flight and resumes where it stopped.
+    """
+    done = done_ids(out_file)
+    pending = [it for it in items if str(it.question_id) not in done]
+    if not pending:
+        return 0
+    adapter = adapter_factory()
+    intervention.setup(adapter)
+    n = 0
+    with AnswerWriter(out_file) as writer, tqdm(total=len(items), initial=len(items) - len(pending),
+                                                 desc=desc, unit="item") as bar:
+        for start in range(0, len(pending), batch_size):
+            chunk = pending[start:start + batch_size]
+            records, ready, images = [], [], []
+            for it in chunk:
+                try:
+                    images.append(load_image(it.image_path, it.question_id))
+                    ready.append(it)
+                except MissingImageError as e:
+                    if not skip_missing:
+                        raise
+                    records.append(_record(it, "", None, fingerprint, skipped=str(e)))
+            if ready:
+                records += answer_batch(adapter, intervention, ready, images, decoding, fingerprint, seed)
+            writer.write_batch(records)
+            n += len(records)
+            bar.update(len(chunk))
+    return n
+
+
+def answer_batch(adapter: Any, intervention: Any, items: Sequence[Item], images: list, decoding: dict,
+                 fingerprint: dict, seed: int = 0) -> list[dict]:
+    """Answer records for one batch of items with their loaded images, under the intervention."""
+    batch = adapter.prepare(images, [it.prompt for it in items])
+    torch.manual_seed(batch_seed(seed, items[0].question_id))
+    with intervention.session(adapter, batch) as plan:
+        kwargs = dict(plan.generate_kwargs)
+        if plan.generate_fn is not None:
+            ids = plan.generate_fn(batch, decoding, plan.logits_processors, **kwargs)
+        else:
+            ids = adapter.generate_ids(batch, decoding, plan.logits_processors, **kwargs)
+        answers = adapter.decode(ids)
+        if plan.postprocess is not None:
+            answers = plan.postprocess(answers, batch)
+        infos = plan.row_info
+    return [_record(it, ans, prompt, fingerprint, info=(infos[i] if infos else None))
+            for i, (it, ans, prompt) in enumerate(zip(items, answers, batch.prompts))]
+
+
+def _record(it: Item, answer: str, prompt: str | None, fingerprint: dict, skipped: str | None = None,
+            info: dict | None = None) -> dict:
+    rec = {
+        "question_id": it.question_id,
+        "image_id": it.image_id,
+        "image": it.image_path,
+        "question": it.prompt,
+        "prompt": prompt,
+        "answer": answer,
+        "meta": it.meta,
+    }
+    if skipped:
+        rec["skipped"] = True
+        rec["skip_reason"] = skipped
+    if info:
+        rec["intervention_info"] = info
+    rec["fingerprint"] = fingerprint
+    return rec

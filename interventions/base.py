@@ -1,0 +1,117 @@
+"""The intervention contract: a training-free change to how a model answers, applied per batch."""
+from __future__ import annotations
+
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Mapping
+
+from harness.registry import INTERVENTIONS
+
+
+@dataclass
+class GenerationPlan:
+    """What an intervention contributes to one batch's generation.
+
+    - logits_processors: appended to `generate`'s logits processors
+    - generate_kwargs: extra keyword arguments for `generate`
+    - generate_fn: replaces `adapter.generate_ids(batch, decoding, processors, **kwargs)` (a decoding
+      engine such as contrastive decoding); at most one per composed plan
+    - row_info: per-row dicts copied into the answer records as `intervention_info`
+    - postprocess: maps (answers, batch) -> answers after decoding (e.g. a probe's decision)
+    """
+
+    logits_processors: list = field(default_factory=list)
+    generate_kwargs: dict = field(default_factory=dict)
+    generate_fn: Callable | None = None
+    row_info: list[dict] | None = None
+    postprocess: Callable | None = None
+
+
+class Intervention:
+    """Base class; `none` is this class itself. Subclasses override `setup` and `session`."""
+
+    name = "none"
+    #: parameter name whose value 0 must reproduce the baseline (documentation and tests)
+    strength_key: str | None = None
+
+    def __init__(self, cfg: Mapping[str, Any] | None = None):
+        self.cfg = dict(cfg or {})
+
+    def params(self) -> dict:
+        """The parameters that identify this intervention in fingerprints and leaderboards."""
+        return {k: v for k, v in sorted(self.cfg.items()) if k != "name" and not k.startswith("_")}
+
+    def label(self) -> str:
+        """A short human-readable label: name plus parameters."""
+        p = self.params()
+        return self.name + (" " + ", ".join(f"{k}={v}" for k, v in p.items()) if p else "")
+
+    def setup(self, adapter: Any) -> None:
+        """Called once after the model is loaded (load vectors, check sites, ...)."""
+
+    @contextmanager
+    def session(self, adapter: Any, batch: Any) -> Iterator[GenerationPlan]:
+        """Active while one batch is generated; yields this intervention's GenerationPlan."""
+        yield GenerationPlan()
+
+
+class Composite(Intervention):
+    """Several interventions at once: their sessions nest, their plans merge."""
+
+    name = "compose"
+
+    def __init__(self, members: list[Intervention]):
+        super().__init__({})
+        self.members = members
+
+    def params(self) -> dict:
+        """Each member's name and parameters."""
+        return {"members": [{"name": m.name, **m.params()} for m in self.members]}
+
+    def label(self) -> str:
+        """The members' labels joined with ' + '."""
+        return " + ".join(m.label() for m in self.members)
+
+    def setup(self, adapter: Any) -> None:
+        """Set up every member."""
+        for m in self.members:
+            m.setup(adapter)
+
+    @contextmanager
+    def session(self, adapter: Any, batch: Any) -> Iterator[GenerationPlan]:
+        """Enter every member's session and merge their plans."""
+        with ExitStack() as stack:
+            plans = [stack.enter_context(m.session(adapter, batch)) for m in self.members]
+            merged = GenerationPlan()
+            posts = []
+            for m, p in zip(self.members, plans):
+                merged.logits_processors += p.logits_processors
+                merged.generate_kwargs.update(p.generate_kwargs)
+                if p.generate_fn is not None:
+                    if merged.generate_fn is not None:
+                        raise ValueError(f"cannot compose two decoding engines ({m.name} and another)")
+                    merged.generate_fn = p.generate_fn
+                if p.row_info is not None:
+                    merged.row_info = [{**(a or {}), **b} for a, b in
+                                       zip(merged.row_info or [{}] * len(p.row_info), p.row_info)]
+                if p.postprocess is not None:
+                    posts.append(p.postprocess)
+            if posts:
+                def chain(answers, b, _posts=posts):
+                    for f in _posts:
+                        answers = f(answers, b)
+                    return answers
+                merged.postprocess = chain
+            yield merged
+
+
+def build_intervention(cfg: Mapping[str, Any] | None) -> Intervention:
+    """An intervention from its config node; `name: compose` with `members: [...]` builds a Composite."""
+    cfg = dict(cfg or {"name": "none"})
+    name = cfg.get("name", "none")
+    if name == "compose":
+        members = cfg.get("members") or []
+        if not members:
+            raise ValueError("intervention.members is empty: give a list of intervention configs to compose")
+        return Composite([build_intervention(dict(m)) for m in members])
+    return INTERVENTIONS.get(name)(cfg)

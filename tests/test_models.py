@@ -1,0 +1,47 @@
+"""The tiny model families: prompts, image spans, sites and batched = unbatched generation."""
+import pytest
+import torch
+
+FAMILIES = ["tiny_llava", "tiny_llava_next", "tiny_instructblip", "tiny_blip2"]
+QUESTIONS = ["Please describe this image in detail.", "Is there a dog in the image?", "What is on the table?"]
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_batched_generation_equals_single_rows(tiny_adapters, coco_images, name):
+    a = tiny_adapters[name]
+    imgs = coco_images[:3]
+    batched = a.generate(a.prepare(imgs, QUESTIONS), {"max_new_tokens": 10})
+    singles = [a.generate(a.prepare([im], [q]), {"max_new_tokens": 10})[0] for im, q in zip(imgs, QUESTIONS)]
+    assert batched == singles
+    assert all(isinstance(t, str) for t in batched)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_image_spans_hold_exactly_the_image_tokens(tiny_adapters, coco_images, name):
+    a = tiny_adapters[name]
+    batch = a.prepare(coco_images[:2], QUESTIONS[:2])
+    ids = batch.inputs["input_ids"]
+    for row, (s, e) in zip(ids, a.image_spans(ids)):
+        assert e > s
+        assert bool((row[s:e] == a.image_token_id).all())
+        assert int((row == a.image_token_id).sum()) == e - s
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_every_site_resolves(tiny_adapters, name):
+    a = tiny_adapters[name]
+    for site in ("decoder_layers", "final_norm", "lm_head", "embed_tokens", "vision_layers", "projector"):
+        assert isinstance(a.site(site), torch.nn.Module)
+    assert a.num_layers == 4
+
+
+def test_prompt_templates(tiny_adapters):
+    assert tiny_adapters["tiny_llava"].format_prompt("Hi?") == "USER: <image>\nHi? ASSISTANT:"
+    assert tiny_adapters["tiny_blip2"].format_prompt("Hi?") == "Question: Hi? Answer:"
+    assert tiny_adapters["tiny_instructblip"].format_prompt("Hi?") == "Hi?"
+    assert tiny_adapters["tiny_llava_next"].format_prompt("Hi?").endswith("USER: <image>\nHi? ASSISTANT:")
+
+
+def test_unknown_site_names_the_family(tiny_adapters):
+    with pytest.raises(KeyError, match="llava"):
+        tiny_adapters["tiny_llava"].site("no_such_site")
