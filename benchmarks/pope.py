@@ -1,0 +1,235 @@
+"""POPE (Li et al., EMNLP 2023): "Is there a <object> in the image?" with yes/no labels.
+
+Question files (shipped in ``benchmarks/data/pope/``, JSON Lines despite the ``.json`` name):
+
+- ``version: current``: RUCAIBox/POPE ``output/coco`` (3,000 questions per split) and the
+  SEEM-built A-OKVQA / GQA sets (as shipped by VCD), ``<dataset>/<dataset>_pope_<split>.json``.
+- ``version: 2023-08`` (coco only): POPE's original release, byte-identical to OPERA's
+  ``pope_coco`` and the files inside LLaVA-1.5's ``llava_pope_test.jsonl``; its random split
+  has 2,910 questions, and some questions spell "imange" (fixed in the current files).
+
+Item ids are the files' ``question_id`` (ints). With ``split: all`` the three splits are
+items of one benchmark and ids become ``"<split>/<question_id>"`` strings (e.g.
+``"random/17"``); answer records that carry a POPE ``category`` field (LVLM-LP, LLaVA's
+question file) are mapped to that form, and ``llava_combined_ids: true`` maps the ids of
+LLaVA's combined ``llava_pope_test.jsonl`` (adversarial +0, random +10,000,000,
+popular +20,000,000); with one split, answers of the other splits are then ignored.
+
+Scoring joins answers to questions by id (compared as strings, never by line order, unlike
+the reference scripts); a missing, unknown or duplicate id is an error. The yes/no parser is
+a named option (see ``benchmarks.yes_no``). Metrics are percentages: accuracy, precision,
+recall, F1 (yes is the positive class), yes_ratio, plus n, tp/fp/tn/fn and ``unparsed``.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any, Mapping
+
+from benchmarks.base import DATA_DIR, Benchmark, Item, match_ids
+from benchmarks.loading import load_question_records
+from benchmarks.yes_no import binary_metrics, get_parser, normalise_label
+from harness.records import normalise_record, read_answers
+from harness.registry import BENCHMARKS
+
+SPLITS = ("random", "popular", "adversarial")
+DATASETS = ("coco", "aokvqa", "gqa")
+VERSION_DIRS = {"current": "{dataset}", "2023-08": "coco_2023-08_llava_opera"}
+LLAVA_COMBINED_OFFSET = 10_000_000
+LLAVA_COMBINED_ORDER = ("adversarial", "random", "popular")  # offset 0, 1e7, 2e7
+MEAN_KEYS = ("accuracy", "precision", "recall", "f1", "yes_ratio")
+
+DEFAULTS: dict[str, Any] = {
+    "name": "pope",
+    "dataset": "coco",
+    "split": "random",
+    "version": "current",
+    "parser": "llava",
+    "image_root": None,
+    "question_file": None,
+    "prompt_suffix": "",
+    "limit": None,
+    "max_new_tokens": 16,
+    "answer_key": None,
+    "id_key": None,
+    "llava_combined_ids": False,
+}
+
+
+def question_file_path(dataset: str, split: str, version: str = "current") -> Path:
+    """The shipped question file of one POPE dataset, split and version."""
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown POPE dataset {dataset!r}; valid choices: {', '.join(DATASETS)}")
+    if split not in SPLITS:
+        raise ValueError(f"unknown POPE split {split!r}; valid choices: {', '.join(SPLITS)}, all")
+    if version not in VERSION_DIRS:
+        raise ValueError(f"unknown POPE version {version!r}; valid choices: {', '.join(VERSION_DIRS)}")
+    if version != "current" and dataset != "coco":
+        raise ValueError(f"POPE version {version!r} exists only for dataset coco, not {dataset!r}")
+    folder = VERSION_DIRS[version].format(dataset=dataset)
+    return DATA_DIR / "pope" / folder / f"{dataset}_pope_{split}.json"
+
+
+def split_llava_combined_id(qid: Any) -> tuple[str, int]:
+    """(split, POPE question id) of an id from LLaVA's combined ``llava_pope_test.jsonl``."""
+    try:
+        value = int(qid)
+    except (TypeError, ValueError):
+        raise ValueError(f"not a LLaVA combined POPE id: {qid!r}") from None
+    block, raw = divmod(value, LLAVA_COMBINED_OFFSET)
+    if not 0 <= block < len(LLAVA_COMBINED_ORDER) or raw == 0:
+        raise ValueError(f"not a LLaVA combined POPE id: {qid!r}")
+    return LLAVA_COMBINED_ORDER[block], raw
+
+
+def _row_field(row: dict, keys: tuple[str, ...], where: str) -> Any:
+    for key in keys:
+        if key in row and row[key] is not None:
+            return row[key]
+    raise ValueError(f"{where}: question row has none of {keys}; keys: {sorted(row)}")
+
+
+@BENCHMARKS.register("pope")
+class POPE(Benchmark):
+    """POPE yes/no object-existence questions for one dataset and one (or all) split(s)."""
+
+    name = "pope"
+    task = "yes_no"
+    headline_metrics = ("accuracy", "f1", "yes_ratio")
+    label_keys = ("dataset", "split", "version", "parser")
+
+    def __init__(self, cfg: Mapping[str, Any] | None = None):
+        super().__init__({**DEFAULTS, **dict(cfg or {})})
+        c = self.cfg
+        split = c["split"]
+        self.splits: tuple[str, ...] = SPLITS if split == "all" else (split,)
+        if c["question_file"] is None:
+            for s in self.splits:
+                question_file_path(c["dataset"], s, c["version"])  # validates the combination
+        elif split != "all" and split not in SPLITS:
+            raise ValueError(f"unknown POPE split {split!r}; valid choices: {', '.join(SPLITS)}, all")
+        get_parser(c["parser"])
+        self.max_new_tokens = int(c["max_new_tokens"])
+        self._items: list[Item] | None = None
+
+    # -- items -------------------------------------------------------------------------
+    def _split_rows(self) -> dict[str, list[dict]]:
+        """Question rows per split, from the shipped files or the `question_file` override."""
+        c = self.cfg
+        qf = c["question_file"]
+        if qf is None:
+            return {s: load_question_records(question_file_path(c["dataset"], s, c["version"]))
+                    for s in self.splits}
+        if "{split}" in str(qf):
+            return {s: load_question_records(str(qf).format(split=s)) for s in self.splits}
+        rows = load_question_records(qf)
+        if rows and "category" in rows[0]:
+            return {s: [r for r in rows if r.get("category") == s] for s in self.splits}
+        if len(self.splits) > 1:
+            raise ValueError(f"split=all with question_file {qf!r}: put '{{split}}' in the path "
+                             "or use a file whose rows carry a 'category' (random/popular/adversarial)")
+        return {self.splits[0]: rows}
+
+    def items(self) -> list[Item]:
+        """The questions, split by split in file order (first `limit` per split when set)."""
+        if self._items is not None:
+            return self._items
+        c = self.cfg
+        multi = len(self.splits) > 1
+        root = Path(c["image_root"]).expanduser() if c["image_root"] else None
+        suffix = c["prompt_suffix"] or ""
+        out: list[Item] = []
+        for split, rows in self._split_rows().items():
+            if not rows:
+                raise ValueError(f"POPE split {split!r}: no questions found")
+            if c["limit"] is not None:
+                rows = rows[: int(c["limit"])]
+            where = f"POPE {c['dataset']}/{split}"
+            dup = [k for k, v in Counter(str(r.get("question_id")) for r in rows).items() if v > 1]
+            if dup:
+                raise ValueError(f"{where}: duplicate question ids: {', '.join(dup[:10])}")
+            for i, row in enumerate(rows):
+                w = f"{where}, row {i + 1}"
+                qid = _row_field(row, ("question_id",), w)
+                text = str(_row_field(row, ("text", "question"), w))
+                label = normalise_label(_row_field(row, ("label", "answer"), w), w)
+                image = _row_field(row, ("image",), w)
+                if not isinstance(image, str):
+                    raise ValueError(f"{w}: 'image' must be an image file name, got {type(image).__name__}")
+                out.append(Item(
+                    question_id=f"{split}/{qid}" if multi else qid,
+                    prompt=text + suffix,
+                    image_path=str(root / image) if root else None,
+                    image_id=image,
+                    meta={"label": label, "split": split},
+                ))
+        self._items = out
+        return out
+
+    # -- answers -----------------------------------------------------------------------
+    def load_answers(self, path: str | Path) -> list[dict]:
+        """Answer records of ours (`answer`), LLaVA/VCD (`text`), DAMRO (`output`) or LVLM-LP (`response`)."""
+        return read_answers(path, self.cfg["answer_key"], self.cfg["id_key"])
+
+    def answer_id(self, rec: dict) -> Any:
+        """The benchmark id an answer record refers to (None: another split's answer, ignored)."""
+        qid = rec["question_id"]
+        multi = len(self.splits) > 1
+        if self.cfg["llava_combined_ids"]:
+            split, raw = split_llava_combined_id(qid)
+            if split not in self.splits:
+                return None
+            return f"{split}/{raw}" if multi else raw
+        if multi and "/" not in str(qid) and rec.get("category") in SPLITS:
+            return f"{rec['category']}/{qid}"
+        return qid
+
+    def score(self, records: list[dict], source: str = "answers") -> dict:
+        """Per-split confusion counts and metrics (percent); with split=all also their means."""
+        items = self.items()
+        by_id: dict[str, dict] = {}
+        dups: list[str] = []
+        for i, rec in enumerate(records):
+            if "answer" not in rec or "question_id" not in rec:
+                rec = normalise_record(rec, self.cfg["answer_key"], self.cfg["id_key"], f"{source}, record {i + 1}")
+            cid = self.answer_id(rec)
+            if cid is None:
+                continue
+            key = str(cid)
+            if key in by_id:
+                dups.append(key)
+            by_id[key] = rec
+        if dups:
+            raise ValueError(f"{source}: {len(dups)} duplicate answers, e.g. ids {', '.join(dups[:10])}")
+        match_ids([it.question_id for it in items], by_id, source)
+
+        parser_name = self.cfg["parser"]
+        parser = get_parser(parser_name)
+        per_split: dict[str, dict] = {}
+        for split in self.splits:
+            preds, labels, unparsed, ambiguous = [], [], 0, 0
+            for it in items:
+                if it.meta["split"] != split:
+                    continue
+                label = it.meta["label"]
+                parsed = parser(by_id[str(it.question_id)]["answer"], label)
+                preds.append(parsed.pred)
+                labels.append(label)
+                unparsed += parsed.unparsed
+                ambiguous += parsed.ambiguous
+            m = binary_metrics(preds, labels)
+            m["unparsed"] = unparsed
+            if parser_name == "substring":
+                m["ambiguous"] = ambiguous
+            per_split[split] = m
+
+        if len(self.splits) == 1:
+            return per_split[self.splits[0]]
+        out: dict[str, Any] = dict(per_split)
+        for key in MEAN_KEYS:
+            out[f"mean_{key}"] = sum(per_split[s][key] for s in self.splits) / len(self.splits)
+            out[key] = out[f"mean_{key}"]
+        out["n"] = sum(per_split[s]["n"] for s in self.splits)
+        out["unparsed"] = sum(per_split[s]["unparsed"] for s in self.splits)
+        return out
+

@@ -1,0 +1,77 @@
+"""An on-disk cache of judge replies: one JSON file per request, written atomically."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+CACHE_VERSION = 1
+
+
+def sha256_bytes(data: bytes) -> str:
+    """The hex sha256 of some bytes."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def cache_key(model: str, prompt: str, image_sha256: str | None, answers: Sequence[str],
+              max_tokens: int, temperature: float, attempt: int = 0) -> str:
+    """The cache key of one judge request: sha256 over everything that determines its reply.
+
+    ``answers`` are in the order shown to the judge. ``attempt`` tells apart the re-asks made
+    when a reply does not parse (0 for the first request).
+    """
+    payload: dict[str, Any] = {"v": CACHE_VERSION, "model": model, "prompt": prompt, "image_sha256": image_sha256,
+                               "answers": list(answers), "max_tokens": int(max_tokens),
+                               "temperature": float(temperature)}
+    if attempt:
+        payload["attempt"] = int(attempt)
+    return sha256_bytes(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode("utf-8"))
+
+
+class ReplyCache:
+    """Judge replies stored as ``<dir>/<key[:2]>/<key>.json``; a disabled cache stores nothing."""
+
+    def __init__(self, directory: str | Path | None):
+        self.dir = Path(directory).expanduser() if directory else None
+        if self.dir is not None:
+            self.dir.mkdir(parents=True, exist_ok=True)
+
+    def path(self, key: str) -> Path:
+        """The file that holds (or will hold) the entry for ``key``."""
+        if self.dir is None:
+            raise ValueError("the reply cache is disabled")
+        return self.dir / key[:2] / f"{key}.json"
+
+    def get(self, key: str) -> dict | None:
+        """The cached entry for ``key``, or None when absent or unreadable."""
+        if self.dir is None:
+            return None
+        try:
+            with open(self.path(key), encoding="utf-8") as fh:
+                entry = json.load(fh)
+        except (OSError, ValueError):
+            return None
+        return entry if isinstance(entry, dict) and entry.get("cache_key") == key and "reply" in entry else None
+
+    def put(self, key: str, entry: dict) -> None:
+        """Store an entry (a JSON-able dict holding ``reply``) atomically: temp file, then rename."""
+        if self.dir is None:
+            return
+        target = self.path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=target.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump({**entry, "cache_key": key}, fh, ensure_ascii=False, indent=1)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
