@@ -31,7 +31,7 @@ class SmokeBenchmark(Benchmark):
 
     def items(self) -> list[Item]:
         """One caption item and four yes/no items per shipped image."""
-        from benchmarks.chair import load_ground_truth
+        from benchmarks.chair_metric import load_ground_truth
 
         gt = load_ground_truth(self.cfg.get("ground_truth", "lemma_pos"))
         out: list[Item] = []

@@ -40,13 +40,19 @@ def score_and_store(bench: Any, records: list[dict], source: str, run_dir: Path,
     if expected is not None:
         keep = {str(r["question_id"]) for r in scored}
         bench.restrict_to([q for q in expected if str(q) in keep])
-    scores = bench.score(scored, source=source)
+    scores = bench.score(scored, source=source) if scored else {"n": 0}
     if skipped:
         scores["skipped"] = len(skipped)
     (run_dir / "scores.json").write_text(json.dumps(scores, indent=2, default=str) + "\n")
     row = result_row(cfg["model"], intervention, bench, scores, fingerprint, source, run_dir)
     add_result(cfg["results_store"], row)
     return scores
+
+
+def answers_label(path: str) -> str:
+    """A display name for an external answers file: its stem, or its folder's name for answers.jsonl."""
+    p = Path(path)
+    return p.parent.name if p.stem == "answers" else p.stem
 
 
 def run_job(cfg: DictConfig, run_dir: Path) -> dict | None:
@@ -57,6 +63,7 @@ def run_job(cfg: DictConfig, run_dir: Path) -> dict | None:
     bench = build_benchmark(c["benchmark"])
     if c.get("answers"):
         records = bench.load_answers(c["answers"])
+        c["model"] = {"name": c.get("answers_name") or answers_label(c["answers"])}
         scores = score_and_store(bench, records, str(c["answers"]), run_dir, c, None, None)
         _print_scores(bench, scores, c)
         return scores

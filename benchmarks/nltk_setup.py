@@ -1,0 +1,126 @@
+"""Make NLTK find the NLTK data shipped in ``benchmarks/data/nltk_data`` (never downloads anything).
+
+CHAIR needs three NLTK resources: the Punkt sentence tokenizer parameters (``punkt_tab``), the
+averaged-perceptron POS tagger (``averaged_perceptron_tagger_eng``) and WordNet (``corpora/wordnet``).
+They are shipped with the package (see ``benchmarks/data/SOURCES.md``), so a user does not have to
+set ``NLTK_DATA`` or call ``nltk.download``.
+
+Also the NLTK tools CHAIR calls, loaded once per process: ``get_tagger()`` (``.tag`` gives exactly
+``nltk.pos_tag``'s tags, faster) and a cached ``lemmatize(word, pos)``.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Mapping
+
+from benchmarks.base import DATA_DIR
+
+#: the shipped NLTK data folder
+NLTK_DATA_DIR = DATA_DIR / "nltk_data"
+
+#: NLTK resource names CHAIR needs (as ``nltk.data.find`` spells them), with what each is used for
+REQUIRED_RESOURCES = {
+    "tokenizers/punkt_tab/english/": "nltk.word_tokenize (sentence splitting)",
+    "taggers/averaged_perceptron_tagger_eng/": "nltk.pos_tag",
+    "corpora/wordnet.zip/wordnet/": "WordNetLemmatizer",
+}
+
+
+def ensure_nltk_data() -> None:
+    """Put the shipped ``nltk_data`` folder first on ``nltk.data.path`` (idempotent; no download)."""
+    import nltk
+
+    path = str(NLTK_DATA_DIR)
+    if not nltk.data.path or nltk.data.path[0] != path:
+        while path in nltk.data.path:
+            nltk.data.path.remove(path)
+        nltk.data.path.insert(0, path)
+
+
+def check_nltk_data() -> None:
+    """Raise LookupError naming every CHAIR resource NLTK cannot find (after ``ensure_nltk_data``)."""
+    import nltk
+
+    ensure_nltk_data()
+    missing = []
+    for name, use in REQUIRED_RESOURCES.items():
+        try:
+            nltk.data.find(name)
+        except LookupError:
+            missing.append(f"{name} (for {use})")
+    if missing:
+        raise LookupError(
+            "NLTK resources for CHAIR not found: " + "; ".join(missing)
+            + f". They are shipped in {NLTK_DATA_DIR}; reinstall the package if that folder is incomplete."
+        )
+
+
+class FastPerceptronTagger:
+    """nltk's averaged-perceptron tagger loaded once, with a vectorised but bit-identical ``predict``.
+
+    ``nltk.pos_tag`` reloads the tagger on every call. This wrapper reuses nltk's own tag dictionary,
+    feature extraction and weights; scores are summed in nltk's feature order (so floating point
+    results are identical) and ties go to the alphabetically last tag, as in nltk.
+    """
+
+    def __init__(self) -> None:
+        from nltk.tag.perceptron import PerceptronTagger
+
+        self.nltk = PerceptronTagger()
+        self._fast = False
+        try:
+            import numpy as np
+
+            model = self.nltk.model
+            self.classes = sorted(model.classes)
+            col = {c: j for j, c in enumerate(self.classes)}
+            self.row = {f: i for i, f in enumerate(model.weights)}
+            self.W = np.zeros((len(self.row), len(self.classes)))
+            for f, ws in model.weights.items():
+                for label, w in ws.items():
+                    self.W[self.row[f], col[label]] = w
+            self._np, self._fast = np, callable(getattr(self.nltk, "_get_features", None))
+        except (AttributeError, KeyError, TypeError, ImportError):
+            self._fast = False
+
+    def _predict(self, features: Mapping[str, int]) -> str:
+        row = self.row
+        if set(features.values()) == {1}:  # nltk's features are all counted once
+            m = self.W[[row[f] for f in features if f in row]]
+        else:
+            pairs = [(row[f], v) for f, v in features.items() if v != 0 and f in row]
+            m = self.W[[r for r, _ in pairs]] * self._np.array([v for _, v in pairs], dtype=float)[:, None]
+        if not len(m):
+            return self.classes[-1]
+        acc = m.cumsum(axis=0)[-1]  # sequential sums, in feature order, like nltk's loop
+        return self.classes[int(self._np.flatnonzero(acc == acc.max())[-1])]
+
+    def tag(self, tokens: list[str]) -> list[tuple[str, str]]:
+        """Penn Treebank tags for ``tokens``, equal to ``nltk.pos_tag(tokens)``."""
+        t = self.nltk
+        if not self._fast:
+            return t.tag(tokens)
+        prev, prev2 = t.START
+        context = t.START + [t.normalize(w) for w in tokens] + t.END
+        out = []
+        for i, word in enumerate(tokens):
+            tag = t.tagdict.get(word) or self._predict(t._get_features(i, word, context, prev, prev2))
+            out.append((word, tag))
+            prev2, prev = prev, tag
+        return out
+
+
+@functools.lru_cache(maxsize=1)
+def get_tagger() -> FastPerceptronTagger:
+    """The English POS tagger, loaded once from the shipped data (``.tag(tokens)`` == ``nltk.pos_tag``)."""
+    ensure_nltk_data()
+    return FastPerceptronTagger()
+
+
+@functools.lru_cache(maxsize=None)
+def lemmatize(word: str, pos: str) -> str:
+    """``WordNetLemmatizer().lemmatize(word, pos)``, cached (pos: 'n', 'v', 'a' or 'r')."""
+    from nltk.stem import WordNetLemmatizer
+
+    ensure_nltk_data()
+    return WordNetLemmatizer().lemmatize(word, pos=pos)

@@ -1,0 +1,377 @@
+"""One contrastive-decoding engine for every family: the original and a contrastive view decoded together.
+
+Used by `damro` and `vcd` through `GenerationPlan.generate_fn`. An intervention supplies the two views of a
+batch as merged input embeddings (`View`: text embeddings with the image features scattered into the image
+token positions, left-padded, with their attention mask); the engine then
+
+1. stacks them into ONE batch of 2B rows (rows 0..B-1 original, B..2B-1 contrastive), left-padding the
+   shorter view (DAMRO's contrastive view has fewer image tokens); position ids come from each row's own
+   attention mask (`cumsum - 1`, as `generate` computes them), so padding never shifts a row;
+2. prefills both views in one forward and keeps one KV cache whose rows are the two views;
+3. per step combines the last-position logits of each row pair (raw float32 logits `lo`, `lc`), exactly as
+   VCD `vcd_utils/vcd_sample.py` and DAMRO `sample_method/sample.py` do:
+
+       cutoff = log(beta) + max(lo)                       # adaptive plausibility: p >= beta * max p
+       s      = (1 + alpha) * lo - alpha * lc
+       s[lo < cutoff] = -inf
+
+   The cut is applied to the RAW logits of the original view (comparing logits with log(beta) + max logit
+   is comparing probabilities with beta * max probability), the contrast to raw logits (not log-softmax;
+   they differ by a per-row constant, which no warper cares about);
+4. processes `s` (default): the decoding config's processors (repetition penalty, min_new_tokens), the
+   processors other interventions contributed, then the sampling warpers (temperature, top-k, top-p) - the
+   order of VCD's sample() (processors then warpers on the contrasted logits) and of HF `generate`.
+   `reference_sampling=True` reproduces DAMRO's "direct sample": no decoding processors or warpers at all,
+   softmax of `s` (processors contributed by other interventions still apply);
+5. picks one token per pair (argmax, or multinomial when sampling) and appends it to both rows; a row that
+   emitted EOS gets pad_token_id from then on; stops when every row is done or after max_new_tokens.
+
+`alpha == 0` is the baseline: no contrast and no cut, so greedy AND sampling follow the original view's
+distribution exactly (greedy output equals `adapter.generate_ids`; sampling consumes the same random numbers).
+Beam search raises NotImplementedError.
+
+Hooks other interventions install on the language model see the 2B rows (original and contrastive), in
+that order (not repeat-interleaved like beams); while the engine runs, `active_rows()` describes them (the
+stacked prompt ids, whose image tokens mark where each row's image features sit).
+"""
+from __future__ import annotations
+
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+from harness.models.adapter import generation_kwargs
+
+BLIP_FAMILIES = ("instructblip", "blip2")
+SUPPORTED_FAMILIES = ("llava", "llava_next", "instructblip", "blip2")
+_ACTIVE_ROWS: ContextVar = ContextVar("contrastive_rows", default=None)
+_EXTRA_KEYS = {"max_new_tokens", "pad_token_id", "eos_token_id", "repetition_penalty", "min_new_tokens",
+               "temperature", "top_p", "top_k", "do_sample", "num_beams", "length_penalty"}
+
+
+@dataclass
+class View:
+    """One view of a batch for the language model: merged input embeddings and their (left-padded) mask."""
+
+    inputs_embeds: torch.Tensor  # [B, L, D]
+    attention_mask: torch.Tensor  # [B, L] (0 = left padding)
+    input_ids: torch.Tensor | None = None  # [B, L] the prompt ids the embeddings stand for (image tokens included)
+
+
+def active_rows() -> dict | None:
+    """While contrastive decoding runs: the layout of the model's batch rows, else None.
+
+    {"num_views": V, "batch_size": B, "input_ids": [V*B, L] stacked prompt ids (left-padded with the pad id;
+    -1 where a view has no ids), "attention_mask": [V*B, L] at prefill}. Row v*B + i is view v of item i.
+    """
+    return _ACTIVE_ROWS.get()
+
+
+# ---- family helpers: image features, merged embeddings, language-model forward ------------------------------
+def check_family(adapter: Any, what: str) -> None:
+    """Raise a ValueError naming the supported families when `adapter.family` is not one of them."""
+    if adapter.family not in SUPPORTED_FAMILIES:
+        raise ValueError(f"{what} supports the families {', '.join(SUPPORTED_FAMILIES)}, not {adapter.family!r}")
+
+
+def vision_inputs(inputs: dict) -> dict:
+    """The entries of a batch's inputs the image encoder uses (pixel values, image sizes, Q-Former text)."""
+    keys = ("pixel_values", "image_sizes", "qformer_input_ids", "qformer_attention_mask")
+    return {k: inputs[k] for k in keys if k in inputs}
+
+
+def concat_vision_inputs(parts: Sequence[dict]) -> dict:
+    """Several vision-input dicts (same keys) stacked along the batch dimension."""
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+
+def image_features(adapter: Any, vis: dict) -> tuple[list[torch.Tensor], Any]:
+    """Per image, the features that replace its image tokens, computed as the model's own forward does.
+
+    Returns (list of [n_i, D] tensors, the encoder output object). One call runs the vision encoder once
+    for every image in `vis` (a batch, or several views of it stacked).
+    """
+    m = adapter.model
+    fam = adapter.family
+    if fam in ("llava", "llava_next"):
+        cfg = m.config
+        kw = dict(pixel_values=vis["pixel_values"], vision_feature_layer=cfg.vision_feature_layer,
+                  vision_feature_select_strategy=cfg.vision_feature_select_strategy, return_dict=True)
+        if fam == "llava_next":
+            kw["image_sizes"] = vis["image_sizes"]
+        out = m.model.get_image_features(**kw)
+        return list(out.pooler_output), out
+    if fam == "instructblip":
+        out = m.get_image_features(vis["pixel_values"], qformer_input_ids=vis["qformer_input_ids"],
+                                   qformer_attention_mask=vis.get("qformer_attention_mask"), return_dict=True)
+        return list(out.pooler_output), out
+    if fam == "blip2":
+        out = m.get_image_features(vis["pixel_values"], return_dict=True)
+        return list(out.pooler_output), out
+    check_family(adapter, "contrastive decoding")
+    raise AssertionError
+
+
+def qformer_features(adapter: Any, image_embeds: torch.Tensor, vis: dict) -> torch.Tensor:
+    """Q-Former + language projection on given vision-encoder embeddings [B, T, C] -> [B, Q, D].
+
+    The same steps as the model's `get_image_features` after its vision encoder (InstructBLIP also feeds the
+    instruction to the Q-Former), so DAMRO can re-run them on the kept patch embeddings.
+    """
+    m = adapter.model
+    b = image_embeds.shape[0]
+    image_mask = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=image_embeds.device)
+    query_tokens = m.query_tokens.expand(b, -1, -1)
+    if adapter.family == "instructblip":
+        qids = vis["qformer_input_ids"]
+        qmask = vis.get("qformer_attention_mask")
+        if qmask is None:
+            qmask = torch.ones_like(qids)
+        query_mask = torch.ones(query_tokens.shape[:-1], dtype=torch.long, device=image_embeds.device)
+        qmask = torch.cat([query_mask, qmask.to(query_mask.device)], dim=1)
+        out = m.qformer(input_ids=qids, attention_mask=qmask, query_embeds=query_tokens,
+                        encoder_hidden_states=image_embeds, encoder_attention_mask=image_mask, return_dict=True)
+        query_output = out[0][:, : query_tokens.shape[1], :]
+    else:
+        out = m.qformer(query_embeds=query_tokens, encoder_hidden_states=image_embeds,
+                        encoder_attention_mask=image_mask, return_dict=True)
+        query_output = out[0]
+        if query_output.dtype != image_embeds.dtype:
+            query_output = query_output.to(image_embeds.dtype)
+    return m.language_projection(query_output)
+
+
+def merge_embeddings(adapter: Any, input_ids: torch.Tensor, features: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Token embeddings of `input_ids` with the image features scattered into the image-token positions."""
+    embeds = adapter.model.get_input_embeddings()(input_ids)
+    mask = adapter.image_token_mask(input_ids)
+    flat = torch.cat(list(features), dim=0).to(embeds.device, embeds.dtype)
+    if int(mask.sum()) != flat.shape[0]:
+        raise ValueError(f"{int(mask.sum())} image tokens in the prompt but {flat.shape[0]} image features")
+    return embeds.masked_scatter(mask.unsqueeze(-1), flat)
+
+
+def view_from_features(adapter: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                       features: Sequence[torch.Tensor]) -> View:
+    """A View of prompt ids whose image tokens take `features` (one tensor per row, in token order)."""
+    return View(merge_embeddings(adapter, input_ids, features), attention_mask, input_ids)
+
+
+def views_from_pixels(adapter: Any, inputs: dict, pixel_values: Sequence[torch.Tensor]) -> list[View]:
+    """One View per pixel tensor (same prompt), all images encoded in ONE vision pass."""
+    vis = vision_inputs(inputs)
+    parts = [{**vis, "pixel_values": pv} for pv in pixel_values]
+    feats, _ = image_features(adapter, concat_vision_inputs(parts))
+    b = inputs["input_ids"].shape[0]
+    return [view_from_features(adapter, inputs["input_ids"], inputs["attention_mask"], feats[i * b:(i + 1) * b])
+            for i in range(len(pixel_values))]
+
+
+def shrink_image_tokens(adapter: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                        keep: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompt ids with each row's image-token span cut to its first `keep[i]` tokens, left-padded again."""
+    pad = adapter.tokenizer.pad_token_id
+    rows = []
+    for i, (s, e) in enumerate(adapter.image_spans(input_ids)):
+        if keep[i] > e - s:
+            raise ValueError(f"row {i}: cannot keep {keep[i]} of its {e - s} image tokens")
+        ids = torch.cat([input_ids[i, : s + keep[i]], input_ids[i, e:]])
+        mask = torch.cat([attention_mask[i, : s + keep[i]], attention_mask[i, e:]])
+        rows.append(ids[mask.bool()])
+    width = max(r.shape[0] for r in rows)
+    new_ids = torch.full((len(rows), width), pad, dtype=input_ids.dtype, device=input_ids.device)
+    new_mask = torch.zeros((len(rows), width), dtype=attention_mask.dtype, device=attention_mask.device)
+    for i, r in enumerate(rows):
+        new_ids[i, width - r.shape[0]:] = r
+        new_mask[i, width - r.shape[0]:] = 1
+    return new_ids, new_mask
+
+
+def language_model(adapter: Any) -> torch.nn.Module:
+    """The module that maps (input ids | embeddings, mask, positions, cache) to next-token logits."""
+    return adapter.model.language_model if adapter.family in BLIP_FAMILIES else adapter.model
+
+
+def lm_forward(adapter: Any, **kwargs: Any) -> Any:
+    """One language-model forward with a KV cache, logits of the last position only."""
+    return language_model(adapter)(**kwargs, use_cache=True, logits_to_keep=1, return_dict=True)
+
+
+def stack_views(views: Sequence[View], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The views' rows in one batch, each left-padded (zero embeddings, mask 0, pad id) to the longest."""
+    width = max(v.inputs_embeds.shape[1] for v in views)
+    embeds, masks, ids = [], [], []
+    for v in views:
+        b, length, d = v.inputs_embeds.shape
+        extra = width - length
+        embeds.append(torch.cat([v.inputs_embeds.new_zeros(b, extra, d), v.inputs_embeds], dim=1))
+        masks.append(torch.cat([v.attention_mask.new_zeros(b, extra), v.attention_mask], dim=1))
+        vid = v.input_ids if v.input_ids is not None else torch.full(
+            (b, length), -1, dtype=torch.long, device=v.attention_mask.device)
+        ids.append(torch.cat([vid.new_full((b, extra), pad_id), vid], dim=1))
+    return torch.cat(embeds), torch.cat(masks), torch.cat(ids)
+
+
+# ---- the contrast ---------------------------------------------------------------------------------------------
+def contrast_logits(lo: torch.Tensor, lc: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
+    """(1+alpha)*lo - alpha*lc, -inf where lo < log(beta) + max(lo); alpha == 0 returns lo unchanged."""
+    if alpha == 0:
+        return lo.clone()
+    diffs = (1 + alpha) * lo - alpha * lc
+    if beta <= 0:
+        return diffs
+    log_beta = torch.log(torch.tensor(float(beta), dtype=lo.dtype, device=lo.device))
+    cutoff = log_beta + lo.max(dim=-1, keepdim=True).values
+    return diffs.masked_fill(lo < cutoff, -float("inf"))
+
+
+def _eos_ids(adapter: Any, override: Any) -> list[int]:
+    eos = override if override is not None else language_model(adapter).generation_config.eos_token_id
+    if eos is None:
+        return []
+    return [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])]
+
+
+def build_processors(kw: dict, prompt_len: int, eos: list[int], custom: Sequence, do_sample: bool,
+                     reference_sampling: bool):
+    """The logits-processor list, in `generate`'s order: decoding processors, custom ones, warpers."""
+    from transformers import (LogitsProcessorList, MinNewTokensLengthLogitsProcessor,
+                              RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper, TopKLogitsWarper,
+                              TopPLogitsWarper)
+
+    procs = LogitsProcessorList()
+    if not reference_sampling:
+        rp = kw.get("repetition_penalty")
+        if rp is not None and float(rp) != 1.0:
+            procs.append(RepetitionPenaltyLogitsProcessor(penalty=float(rp)))
+        mnt = kw.get("min_new_tokens")
+        if mnt and eos:
+            procs.append(MinNewTokensLengthLogitsProcessor(prompt_len, int(mnt), eos))
+    procs.extend(custom or [])
+    if do_sample and not reference_sampling:
+        t = kw.get("temperature")
+        if t is not None and float(t) != 1.0:
+            procs.append(TemperatureLogitsWarper(float(t)))
+        k = kw.get("top_k")
+        if k:
+            procs.append(TopKLogitsWarper(top_k=int(k), min_tokens_to_keep=1))
+        p = kw.get("top_p")
+        if p is not None and float(p) < 1.0:
+            procs.append(TopPLogitsWarper(top_p=float(p), min_tokens_to_keep=1))
+    return procs
+
+
+# ---- the engine -----------------------------------------------------------------------------------------------
+def contrastive_generate(adapter: Any, input_ids: torch.Tensor, views: Sequence[View], decoding: dict,
+                         logits_processors: Sequence | None = None, *, alpha: float, beta: float,
+                         reference_sampling: bool = False, return_scores: bool = False,
+                         **extra: Any) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+    """New token ids [B, new] (padded with pad_token_id after EOS) under contrastive decoding.
+
+    `views` = (original, contrastive), each with B rows; `input_ids` are the original prompt ids (what
+    logits processors see, followed by the generated tokens). `return_scores=True` also returns the
+    per-step processed scores [B, V] of the rows (the distribution each token was chosen from).
+    """
+    if len(views) != 2:
+        raise ValueError(f"contrastive decoding needs exactly 2 views (original, contrastive), got {len(views)}")
+    unknown = set(extra) - _EXTRA_KEYS
+    if unknown:
+        raise ValueError(f"contrastive decoding does not support generate kwargs {sorted(unknown)}; "
+                         f"supported: {sorted(_EXTRA_KEYS)}")
+    strategy = decoding.get("strategy", "greedy")
+    if strategy == "beam" or int(extra.get("num_beams") or 1) > 1:
+        raise NotImplementedError("contrastive decoding (damro, vcd) supports decoding.strategy greedy and sample, "
+                                  "not beam search")
+    kw = generation_kwargs(decoding, adapter.tokenizer)
+    kw.update(extra)
+    do_sample = bool(kw.get("do_sample"))
+    max_new = int(kw["max_new_tokens"])
+    pad_id = int(kw["pad_token_id"])
+    eos = _eos_ids(adapter, kw.get("eos_token_id"))
+    b = input_ids.shape[0]
+    for v in views:
+        if v.inputs_embeds.shape[0] != b:
+            raise ValueError(f"every view needs {b} rows, got {v.inputs_embeds.shape[0]}")
+    procs = build_processors(kw, input_ids.shape[1], eos, logits_processors or [], do_sample, reference_sampling)
+
+    with torch.inference_mode():
+        embeds, mask, row_ids = stack_views(views, pad_id)
+        token = _ACTIVE_ROWS.set({"num_views": len(views), "batch_size": b, "input_ids": row_ids,
+                                  "attention_mask": mask})
+        try:
+            ids, scores_out = _decode(adapter, input_ids, embeds, mask, procs, alpha, beta, do_sample, max_new,
+                                      pad_id, eos, len(views), return_scores)
+        finally:
+            _ACTIVE_ROWS.reset(token)
+    return (ids, scores_out) if return_scores else ids
+
+
+def _decode(adapter, input_ids, embeds, mask, procs, alpha, beta, do_sample, max_new, pad_id, eos, n_views,
+            return_scores):
+    """The prefill and the token loop of `contrastive_generate` (rows: n_views blocks of B)."""
+    b = input_ids.shape[0]
+    pos = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    out = lm_forward(adapter, inputs_embeds=embeds, attention_mask=mask, position_ids=pos)
+    cache = out.past_key_values
+    seq = input_ids
+    eos_t = torch.tensor(eos, dtype=input_ids.dtype, device=input_ids.device)
+    unfinished = torch.ones(b, dtype=torch.bool, device=input_ids.device)
+    new_tokens, scores_out = [], []
+    for step in range(max_new):
+        logits = out.logits[:, -1].to(dtype=torch.float32, device=input_ids.device)
+        scores = contrast_logits(logits[:b], logits[b:2 * b], float(alpha), float(beta))
+        scores = procs(seq, scores)
+        if do_sample:
+            tok = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
+        else:
+            tok = torch.argmax(scores, dim=-1)
+        tok = torch.where(unfinished, tok, torch.full_like(tok, pad_id))
+        seq = torch.cat([seq, tok[:, None]], dim=-1)
+        new_tokens.append(tok)
+        if return_scores:
+            scores_out.append(scores)
+        if eos_t.numel():
+            unfinished &= ~torch.isin(tok, eos_t)
+        if step == max_new - 1 or not bool(unfinished.any()):
+            break
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=-1)
+        pos = pos[:, -1:] + 1
+        step_ids = tok.repeat(n_views)[:, None].to(mask.device)
+        out = lm_forward(adapter, input_ids=step_ids, attention_mask=mask, position_ids=pos,
+                         past_key_values=cache)
+        cache = out.past_key_values
+    ids = torch.stack(new_tokens, dim=1) if new_tokens else input_ids.new_zeros(b, 0)
+    return ids, scores_out
+
+
+# ---- the intervention base -------------------------------------------------------------------------------------
+class ContrastiveIntervention:
+    """Mixin for interventions that decode with this engine: subclasses implement `views(adapter, batch)`.
+
+    Reads `alpha`, `beta`, `reference_sampling` from the config (subclasses may resolve per-model defaults
+    in `resolved(adapter)`).
+    """
+
+    def resolved(self, adapter: Any) -> dict:
+        """The effective parameters for this adapter (alpha, beta, reference_sampling, ...)."""
+        return {"alpha": float(self.cfg.get("alpha", 1.0)), "beta": float(self.cfg.get("beta", 0.1)),
+                "reference_sampling": bool(self.cfg.get("reference_sampling", False))}
+
+    def views(self, adapter: Any, batch: Any) -> list[View]:  # pragma: no cover - abstract
+        """(original, contrastive) views of a prepared batch."""
+        raise NotImplementedError
+
+    def generate_fn(self, adapter: Any):
+        """The engine bound to this intervention: `(batch, decoding, processors, **kw) -> new ids`."""
+        p = self.resolved(adapter)
+
+        def generate(batch: Any, decoding: dict, logits_processors: Sequence | None = None, **kw: Any):
+            with torch.inference_mode():
+                views = self.views(adapter, batch)
+            return contrastive_generate(adapter, batch.inputs["input_ids"], views, decoding, logits_processors,
+                                        alpha=p["alpha"], beta=p["beta"],
+                                        reference_sampling=p["reference_sampling"], **kw)
+
+        return generate

@@ -1,0 +1,196 @@
+"""`head_guide`: heads-guided attention intervention of "Devils in Middle Layers of Large Vision-Language
+Models" (Jiang et al., 2024, arXiv:2411.16724).
+
+In the guided decoder layers, before the softmax, the attention logits of the *last query row* towards the
+image tokens are raised, in every head, by `alpha` times the mean over heads of their absolute value:
+
+    s[b, h, -1, j] += alpha * mean_h' |s[b, h', -1, j]|      for j in the image span of row b
+
+with `s = q @ k^T / sqrt(d)` (the scaled logits the model adds its mask to). Everything else (other rows,
+other columns, other layers) is unchanged; the softmax then renormalises the row, moving attention mass
+towards the image in proportion to how much the heads agree on each image token.
+
+Reference behaviour (github.com/ZhangqiJiang07/middle_layers_indicating_hallucinations):
+- `modify_attention.py` `llama_new_forward`: the "### shift visual attention" block edits
+  `attn_weights[:, :, -1, img_start_idx:img_end_idx] += alpha * attn_weights[:, :, -1, span].abs()
+  .mean(dim=1, keepdim=True)` after the mask was added and before the fp32 softmax. So: absolute value of
+  the scaled logits, mean over all heads (dim 1), the same value added to every head, last query row only.
+  `aggregation: mean` here (commit cf5311b, whose `alpha` keyword `chair_eval.py` and the README call).
+  Another version of the file (commit bc5d76e, the strength named `beta`) also has `aggregation ==
+  "topK"`: the mean |logit| over the top-k heads ranked by softmax attention mass (mask included) on the
+  image span of the last row, added to every head (`aggregation: topk`, `top_k`); nothing in the
+  repository's scripts selects it.
+- The last row is the last prompt token at prefill and the new token at every decoding step (q_len = 1),
+  so each generated token is guided; the span stays at the same key (cache) positions.
+- `llama_head_guide` guides `range(l0, l1)` for `guided_layer_range = [l0, l1]` (a 1-element list guides
+  that one layer), and `chair_eval.py` turns `--guide-range 5,18` into `[5, 19]`: layers 5..18 *inclusive*
+  for LLaVA-1.5-7B (0-indexed decoder blocks; the log file name says `layers_5-19`). Here `layers: [5, 18]`
+  with `layers_inclusive: true` (false: Python-range end, exclusive). Layers outside the model's decoder
+  stack raise a ValueError naming the valid range.
+- The patched forward replaced LlamaSdpaAttention.forward under transformers 4.37.2 (requirements.txt).
+  With batch size 1 and no padding, 4.37's `_prepare_4d_causal_attention_mask_for_sdpa` returns
+  `attention_mask=None` (SDPA would use `is_causal`), and the patched eager code adds no mask at all: in the
+  guided layers the prefill attention is *bidirectional*. Here the causal mask is kept
+  (`reference_prefill_mask: false`, the default); `reference_prefill_mask: true` reproduces the reference:
+  in guided layers at prefill (q_len > 1) every query row gets the last row's mask, i.e. no causal mask but
+  still key-padding masking (identical to the reference for its batch size 1 without padding; padded
+  query rows stay harmless). Decoding steps have one query row, so this option only changes the prefill.
+  Note that with `reference_prefill_mask: true`, `alpha: 0` is *not* the baseline.
+- The reference adds the bonus to logits that already include the mask (0 on the image span of the last
+  row, which is never masked: it is causally visible and never padding) and clamps at finfo.min; the
+  values on the span are identical here.
+- The reference computes in the model dtype (fp16 there); so does this (eager attention's op order:
+  logits in the query dtype, fp32 softmax cast back).
+
+Mechanism: `interventions.attention_fn.edit_attention_logits` (an `AttentionInterface` attention function,
+active for the batch's session only, only for the guided layers; the language model's previous attention
+implementation is restored afterwards). Works for every family whose language model dispatches through
+`AttentionInterface` (LLaMA/Vicuna/Mistral in LLaVA-1.5/NeXT and InstructBLIP, OPT in BLIP-2).
+Per-row image spans come from `adapter.image_spans(input_ids)` (left padding moves them per row); beam
+search rows (`B * num_beams`, repeat-interleaved by `generate`) reuse their input row's span.
+`alpha: 0` with `reference_prefill_mask: false` reproduces the baseline bit for bit under eager attention
+(the edit adds exact zeros); under another implementation it installs nothing.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Iterator, Mapping
+
+import torch
+
+from harness.registry import INTERVENTIONS
+from interventions.attention_fn import active_implementation, edit_attention_logits
+from interventions.base import GenerationPlan, Intervention
+
+DEFAULTS: dict = {
+    "layers": [5, 18],
+    "layers_inclusive": True,
+    "alpha": 0.5,
+    "aggregation": "mean",
+    "top_k": None,
+    "reference_prefill_mask": False,
+}
+AGGREGATIONS = ("mean", "topk")
+
+
+def resolve_layers(layers: Any, inclusive: bool = True) -> list[int]:
+    """Decoder-block indices from `[start, end]` (end inclusive unless told) or `[layer]`."""
+    if isinstance(layers, int):
+        layers = [layers]
+    layers = [int(x) for x in (layers or [])]
+    if len(layers) == 1:
+        return layers
+    if len(layers) != 2:
+        raise ValueError(f"head_guide.layers={layers}: give [start, end] (a range) or [layer]")
+    start, end = layers
+    out = list(range(start, end + 1 if inclusive else end))
+    if not out:
+        raise ValueError(f"head_guide.layers={layers} (inclusive={inclusive}) selects no layer")
+    return out
+
+
+def span_mask(spans: list[tuple[int, int]], rows: int, length: int, device: torch.device) -> torch.Tensor:
+    """Boolean [rows, 1, 1, length]: True on each row's image span (rows = len(spans) * beams)."""
+    starts = torch.tensor([s for s, _ in spans], device=device)
+    ends = torch.tensor([e for _, e in spans], device=device)
+    if rows != len(spans):
+        if rows % len(spans):
+            raise ValueError(f"attention batch of {rows} rows does not match {len(spans)} image spans")
+        starts = starts.repeat_interleave(rows // len(spans))
+        ends = ends.repeat_interleave(rows // len(spans))
+    pos = torch.arange(length, device=device)[None, :]
+    return ((pos >= starts[:, None]) & (pos < ends[:, None]))[:, None, None, :]
+
+
+def guide_scores(scores: torch.Tensor, mask: torch.Tensor | None, image_cols: torch.Tensor, alpha: float,
+                 aggregation: str = "mean", top_k: int | None = None) -> torch.Tensor:
+    """The edited logits: the last query row gets alpha * head-aggregated |logits| on the image columns."""
+    last = scores[:, :, -1:, :]
+    absl = last.abs()
+    if aggregation == "mean":
+        agg = absl.mean(dim=1, keepdim=True)  # [B, 1, 1, K]
+    elif aggregation == "topk":
+        logits = last + mask[:, :, -1:, :] if mask is not None else last
+        probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
+        mass = (probs * image_cols).sum(dim=-1)[:, :, 0]  # [B, H]: attention mass on the image
+        idx = torch.topk(mass, k=int(top_k), dim=-1).indices  # [B, k]
+        picked = torch.gather(absl, 1, idx[:, :, None, None].expand(-1, -1, 1, absl.shape[-1]))
+        agg = picked.mean(dim=1, keepdim=True)
+    else:
+        raise ValueError(f"head_guide.aggregation={aggregation!r}; valid choices: {', '.join(AGGREGATIONS)}")
+    bonus = torch.where(image_cols, agg * alpha, torch.zeros((), dtype=agg.dtype, device=agg.device))
+    return torch.cat([scores[:, :, :-1, :], last + bonus], dim=2)
+
+
+@INTERVENTIONS.register("head_guide")
+class HeadGuide(Intervention):
+    """Heads-guided attention on the image tokens in the middle layers (Jiang et al., 2024)."""
+
+    name = "head_guide"
+    strength_key = "alpha"
+
+    def __init__(self, cfg: Mapping[str, Any] | None = None):
+        cfg = {**DEFAULTS, **dict(cfg or {})}
+        unknown = {k for k in cfg if not k.startswith("_")} - set(DEFAULTS) - {"name"}
+        if unknown:
+            raise ValueError(f"head_guide: unknown option(s) {sorted(unknown)}; valid: {', '.join(DEFAULTS)}")
+        cfg["name"] = "head_guide"
+        cfg["layers"] = list(cfg["layers"]) if not isinstance(cfg["layers"], int) else [cfg["layers"]]
+        cfg["alpha"] = float(cfg["alpha"])
+        cfg["layers_inclusive"] = bool(cfg["layers_inclusive"])
+        cfg["reference_prefill_mask"] = bool(cfg["reference_prefill_mask"])
+        if cfg["aggregation"] not in AGGREGATIONS:
+            raise ValueError(f"head_guide.aggregation={cfg['aggregation']!r}; valid choices: {', '.join(AGGREGATIONS)}")
+        if cfg["aggregation"] == "topk":
+            if not cfg["top_k"] or int(cfg["top_k"]) < 1:
+                raise ValueError("head_guide.aggregation=topk needs top_k >= 1 (number of heads to average)")
+            cfg["top_k"] = int(cfg["top_k"])
+        super().__init__(cfg)
+        self.layer_ids = resolve_layers(cfg["layers"], cfg["layers_inclusive"])
+
+    def check_layers(self, adapter: Any) -> None:
+        """ValueError unless every guided layer exists in the model's decoder stack."""
+        n = adapter.num_layers
+        bad = [i for i in self.layer_ids if not 0 <= i < n]
+        if bad:
+            rng = "inclusive" if self.cfg["layers_inclusive"] else "end-exclusive"
+            raise ValueError(
+                f"head_guide.layers={self.cfg['layers']} ({rng}) selects layers "
+                f"{self.layer_ids[0]}..{self.layer_ids[-1]}, "
+                f"but {adapter.name!r} has {n} decoder layers (valid indices 0..{n - 1}); "
+                f"set intervention.layers=[start,end] within that range")
+
+    def attention_modules(self, adapter: Any) -> list[torch.nn.Module]:
+        """The attention modules of the guided layers."""
+        self.check_layers(adapter)
+        layers = adapter.decoder_layers()
+        path = adapter.site_path("attention")
+        return [layers[i].get_submodule(path) for i in self.layer_ids]
+
+    def setup(self, adapter: Any) -> None:
+        """Check the layer range and the attention site once the model is loaded."""
+        mods = self.attention_modules(adapter)
+        heads = getattr(mods[0].config, "num_attention_heads", None)
+        if self.cfg["aggregation"] == "topk" and heads and self.cfg["top_k"] > heads:
+            raise ValueError(f"head_guide.top_k={self.cfg['top_k']} exceeds the {heads} attention heads")
+
+    @contextmanager
+    def session(self, adapter: Any, batch: Any) -> Iterator[GenerationPlan]:
+        """Guide the chosen layers' attention for this batch's generation."""
+        mods = self.attention_modules(adapter)
+        c = self.cfg
+        if c["alpha"] == 0 and not c["reference_prefill_mask"] and active_implementation(mods[0]) != "eager":
+            yield GenerationPlan()  # nothing to add; eager is bit-exact anyway, others could drift
+            return
+        spans = adapter.image_spans(batch.inputs["input_ids"])
+        alpha, agg, top_k, ref_mask = c["alpha"], c["aggregation"], c["top_k"], c["reference_prefill_mask"]
+
+        def edit(module, scores, mask):
+            cols = span_mask(spans, scores.shape[0], scores.shape[-1], scores.device)
+            scores = guide_scores(scores, mask, cols, alpha, agg, top_k)
+            if ref_mask and mask is not None and scores.shape[2] > 1:
+                mask = mask[:, :, -1:, :].expand(mask.shape)  # no causal mask at prefill, keep key padding
+            return scores, mask
+
+        with edit_attention_logits(mods, edit=edit):
+            yield GenerationPlan()

@@ -1,0 +1,174 @@
+"""Latent steering: add lam * direction to block outputs during generation (VTI, VaLSe directions).
+
+    python scripts/build_steering.py model=llava15_7b steering.method=vti steering.out=outputs/steering/llava_vti
+    python run.py model=llava15_7b intervention=steer intervention.vectors=outputs/steering/llava_vti \
+        intervention.lam_text=0.8 intervention.lam_vision=0.9 benchmark=chair
+
+Directions (interventions/steering/: `vti` = Liu et al. 2024, arXiv:2410.15778; `valse` = Chen et al.
+2025, arXiv:2505.17812, our reimplementation) are stored as `<vectors>.safetensors` + `<vectors>.json`.
+While a batch is generated, forward hooks on the adapter's sites add
+- `lam_text * text.<l>` to the output of decoder block l (the residual stream), at every position
+  (`positions: all`) or only the last position of each forward call (`positions: last`: the last
+  prompt token at prefill, then each new token);
+- `lam_vision * vision.<l>` to the output of vision encoder block l, per token position when the
+  direction is [positions, hidden] (every image / AnyRes tile gets the same per-position shift).
+  LLaVA reads its penultimate vision block (`vision_feature_layer: -2`), so steering the last vision
+  block changes nothing there.
+`lam_text` / `lam_vision` default to `lam`; a modality whose lam is 0 adds no hook at all, so lam=0
+reproduces the baseline exactly. `layers` / `vision_layers`: which of the file's layers to steer
+(null: all in the file). The file's model family must match the model's, and shapes must match its
+hidden sizes. The hooks exist only inside the session.
+"""
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from harness.hooks import forward_hooks
+from harness.registry import INTERVENTIONS
+from interventions.base import GenerationPlan, Intervention
+
+log = logging.getLogger("halluc_bench")
+POSITIONS = ("all", "last")
+
+
+def _text_hook(delta: torch.Tensor, positions: str):
+    from interventions.steering import block_output, with_block_output
+
+    def hook(module, args, out):
+        h = block_output(out)
+        d = delta if delta.device == h.device else delta.to(h.device)  # device_map: blocks on several GPUs
+        if positions == "last":
+            h = h.clone()
+            h[:, -1] = h[:, -1] + d
+        else:
+            h = h + d
+        return with_block_output(out, h)
+
+    return hook
+
+
+def _vision_hook(delta: torch.Tensor, layer: int):
+    from interventions.steering import block_output, with_block_output
+
+    def hook(module, args, out):
+        h = block_output(out)
+        if delta.dim() == 2 and h.shape[-2] != delta.shape[0]:
+            raise ValueError(f"vision.{layer} has {delta.shape[0]} positions but vision block {layer} outputs "
+                             f"{h.shape[-2]}; build the vectors for this model and image resolution")
+        d = delta if delta.device == h.device else delta.to(h.device)
+        return with_block_output(out, h + d)
+
+    return hook
+
+
+@INTERVENTIONS.register("steer")
+class Steer(Intervention):
+    """Add lam * direction to decoder and/or vision block outputs (directions from scripts/build_steering.py)."""
+
+    name = "steer"
+    strength_key = "lam"
+
+    def __init__(self, cfg=None):
+        super().__init__(cfg)
+        positions = self.cfg.get("positions") or "all"
+        if positions not in POSITIONS:
+            raise ValueError(f"intervention.positions={positions!r}; valid choices: {', '.join(POSITIONS)}")
+        self.positions = positions
+        self.lam_text = self._lam("lam_text")
+        self.lam_vision = self._lam("lam_vision")
+        self._hooks: dict = {}
+        self._ready = False
+        self.sidecar: dict = {}
+        self.deltas: dict[str, torch.Tensor] = {}
+
+    def _lam(self, key: str) -> float:
+        value = self.cfg.get(key)
+        if value is None:
+            value = self.cfg.get("lam", 1.0)
+        return float(value)
+
+    def params(self) -> dict:
+        """The config parameters plus the SHA-256 (12 hex) of the vectors file, so rebuilt vectors change fingerprints."""
+        p = super().params()
+        if self.cfg.get("vectors"):
+            from interventions.steering.io import steering_paths
+
+            st_path, _ = steering_paths(self.cfg["vectors"])
+            if st_path.exists():
+                from interventions.steering import file_sha256
+
+                p["vectors_sha256"] = file_sha256(st_path)[:12]
+        return p
+
+    def label(self) -> str:
+        """A short label: the set parameters, the vectors by file name (full path and hash stay in params)."""
+        p = {k: v for k, v in self.params().items() if v is not None and k != "vectors_sha256"}
+        if p.get("vectors"):
+            p["vectors"] = Path(str(p["vectors"])).name
+        return self.name + (" " + ", ".join(f"{k}={v}" for k, v in p.items()) if p else "")
+
+    def setup(self, adapter: Any) -> None:
+        """Load the vectors, check family and shapes, and prepare the hooks (lam folded in)."""
+        from interventions.steering import block_path, text_hidden_size, vision_hidden_size
+        from interventions.steering.io import load_steering, parse_name
+
+        vectors = self.cfg.get("vectors")
+        if not vectors:
+            raise ValueError("intervention.vectors is required: the path of directions built with "
+                             "`python scripts/build_steering.py model=... steering.out=PATH`")
+        tensors, sidecar = load_steering(vectors)
+        self.sidecar = sidecar
+        built = sidecar.get("model") or {}
+        if built.get("family") != adapter.family:
+            raise ValueError(f"steering vectors {vectors} were built for model family {built.get('family')!r} "
+                             f"(model {built.get('name')!r}) but the model {adapter.name!r} is family "
+                             f"{adapter.family!r}; build vectors for this model with scripts/build_steering.py")
+        if built.get("name") and built.get("name") != adapter.name:
+            log.warning("steering vectors %s were built on model %r, applying them to %r", vectors,
+                        built.get("name"), adapter.name)
+        by_kind: dict[str, dict[int, torch.Tensor]] = {"text": {}, "vision": {}}
+        for name, t in tensors.items():
+            kind, layer = parse_name(name)
+            by_kind[kind][layer] = t
+        dtype = next(adapter.model.parameters()).dtype
+        hooks: dict = {}
+        self.deltas = {}
+        plans = [("text", "decoder_layers", self.cfg.get("layers"), self.lam_text, text_hidden_size(adapter)),
+                 ("vision", "vision_layers", self.cfg.get("vision_layers"), self.lam_vision, vision_hidden_size(adapter))]
+        for kind, site, wanted, lam, width in plans:
+            available = by_kind[kind]
+            layers = sorted(available) if wanted is None else [int(l) for l in wanted]
+            missing = [l for l in layers if l not in available]
+            if missing:
+                raise KeyError(f"{kind} layers {missing} are not in {vectors} (it has {kind} layers "
+                               f"{sorted(available) or 'none'})")
+            for l in layers:
+                t = available[l]
+                if t.shape[-1] != width or t.dim() not in ((1,) if kind == "text" else (1, 2)):
+                    want = f"[{width}]" if kind == "text" else f"[{width}] or [positions, {width}]"
+                    raise ValueError(f"{kind}.{l} in {vectors} has shape {list(t.shape)}; model {adapter.name!r} "
+                                     f"needs {want}")
+                path = block_path(adapter, site, l)
+                if lam == 0.0:
+                    continue  # strength 0: no hook, the baseline exactly
+                delta = (lam * t.float()).to(device=adapter.device, dtype=dtype)
+                self.deltas[f"{kind}.{l}"] = delta
+                hooks[path] = _text_hook(delta, self.positions) if kind == "text" else _vision_hook(delta, l)
+        self._hooks = hooks
+        self._ready = True
+
+    @contextmanager
+    def session(self, adapter: Any, batch: Any) -> Iterator[GenerationPlan]:
+        """The steering hooks, registered for this batch only."""
+        if not self._ready:
+            raise RuntimeError("steer.session() before setup(adapter): the vectors are not loaded")
+        if not self._hooks:
+            yield GenerationPlan()
+            return
+        with forward_hooks(adapter.model, self._hooks):
+            yield GenerationPlan()

@@ -1,0 +1,136 @@
+"""Wall time of each intervention relative to plain decoding, measured side by side in one run.
+
+    python scripts/bench_interventions.py [--models tiny_llava ...] [--batch 8] [--max-new-tokens 32]
+                                          [--repeats 7] [--threads 1] [--device auto]
+
+The same `--batch` items (the shipped COCO images, cycled, with varied questions) are answered by every
+intervention (none, head_guide if registered, damro, vcd) with greedy decoding of exactly `--max-new-tokens`
+tokens (min_new_tokens = max_new_tokens, so an early EOS cannot shorten one run). Repeats are interleaved
+(each repeat runs every intervention once, in rotated order) after one warm-up round; the ratio is the median
+time of the intervention over the median time of `none`. Targets: head_guide <= 1.15x, damro and vcd <= 1.6x;
+PASS/MISS is printed per target (the exit code is 0 either way: timings depend on the machine).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+import yaml  # noqa: E402
+
+from harness.registry import INTERVENTIONS  # noqa: E402
+from interventions.base import build_intervention  # noqa: E402
+
+TARGETS = {"head_guide": 1.15, "damro": 1.6, "vcd": 1.6}
+FAMILIES = {"tiny_llava": "llava", "tiny_llava_next": "llava_next", "tiny_instructblip": "instructblip",
+            "tiny_blip2": "blip2"}
+QUESTIONS = ["Please describe this image in detail.", "Is there a dog in the image?",
+             "What is the man holding?", "Is there a car in the image? Please answer this question with one word.",
+             "Generate a short caption of this image.", "How many people are there?",
+             "What color is the largest object?", "Is there a bicycle in the image?"]
+
+
+def intervention_configs(adapter) -> dict:
+    """name -> intervention config for this model (the shipped config, adapted where a model needs it)."""
+    cfgs = {"none": {"name": "none"}}
+    names = INTERVENTIONS.names()
+    for name in ("head_guide", "damro", "vcd"):
+        if name not in names:
+            print(f"# {name}: not registered, skipped")
+            continue
+        path = ROOT / "configs" / "intervention" / f"{name}.yaml"
+        cfg = yaml.safe_load(path.read_text()) if path.exists() else {"name": name}
+        if name == "head_guide":  # the shipped layers are LLaVA-7B's; guide the middle of this model
+            n = adapter.num_layers
+            cfg["layers"] = [max(0, n // 4), max(0, (3 * n) // 4 - 1)]
+        cfgs[name] = cfg
+    return cfgs
+
+
+def run_once(adapter, intervention, batch, decoding) -> tuple[float, int]:
+    """Seconds for one batch's generation under an intervention (session + generate), and tokens made."""
+    if adapter.device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    with intervention.session(adapter, batch) as plan:
+        kwargs = dict(plan.generate_kwargs)
+        if plan.generate_fn is not None:
+            ids = plan.generate_fn(batch, decoding, plan.logits_processors, **kwargs)
+        else:
+            ids = adapter.generate_ids(batch, decoding, plan.logits_processors, **kwargs)
+    if adapter.device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0, int(ids.shape[1])
+
+
+def bench_model(model_name: str, args) -> list[tuple[str, str, float, float | None, str]]:
+    """Rows (model, intervention, median seconds, ratio to none, verdict) for one tiny model."""
+    from PIL import Image
+
+    from benchmarks.base import DATA_DIR
+    from harness.models.loader import load_adapter
+
+    adapter = load_adapter({"name": model_name, "tiny": model_name, "family": FAMILIES[model_name],
+                            "device": args.device})
+    paths = sorted((DATA_DIR / "images").glob("*.jpg"))
+    images = [Image.open(paths[i % len(paths)]).convert("RGB") for i in range(args.batch)]
+    questions = [QUESTIONS[i % len(QUESTIONS)] for i in range(args.batch)]
+    batch = adapter.prepare(images, questions)
+    decoding = {"strategy": "greedy", "max_new_tokens": args.max_new_tokens, "min_new_tokens": args.max_new_tokens}
+    ivs = {}
+    for name, cfg in intervention_configs(adapter).items():
+        iv = build_intervention(cfg)
+        iv.setup(adapter)
+        ivs[name] = iv
+    names = list(ivs)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for n in names:  # warm-up
+        run_once(adapter, ivs[n], batch, decoding)
+    for r in range(args.repeats):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for n in order:
+            dt, new = run_once(adapter, ivs[n], batch, decoding)
+            if new != args.max_new_tokens:
+                print(f"# warning: {n} made {new} tokens, not {args.max_new_tokens}")
+            times[n].append(dt)
+    base = statistics.median(times["none"])
+    rows = []
+    for n in names:
+        med = statistics.median(times[n])
+        ratio = med / base
+        target = TARGETS.get(n)
+        verdict = "" if target is None else ("PASS" if ratio <= target else "MISS") + f" (target <= {target:.2f}x)"
+        rows.append((model_name, n, med, ratio, verdict))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=["tiny_llava"], choices=sorted(FAMILIES))
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--max-new-tokens", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    print(f"# batch {args.batch}, {args.max_new_tokens} new tokens (greedy, fixed length), "
+          f"{args.repeats} interleaved repeats, median; torch threads {torch.get_num_threads()}, device {args.device}")
+    print(f"{'model':<18} {'intervention':<12} {'median s':>9} {'ratio':>7}  verdict")
+    for model_name in args.models:
+        for model, name, med, ratio, verdict in bench_model(model_name, args):
+            print(f"{model:<18} {name:<12} {med:9.4f} {ratio:6.2f}x  {verdict}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,56 @@
+"""Every config in every group composes, and its benchmark / intervention / model node is well-formed."""
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from conftest import ROOT
+from harness.registry import BENCHMARKS, INTERVENTIONS
+
+CONFIGS = ROOT / "configs"
+
+
+def _choices(group):
+    return sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
+
+
+def _compose(overrides):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+@pytest.mark.parametrize("group", ["model", "intervention", "benchmark", "decoding"])
+def test_every_choice_composes(group):
+    for choice in _choices(group):
+        cfg = _compose([f"{group}={choice}"])
+        node = OmegaConf.to_container(cfg[group], resolve=True)
+        if group in ("benchmark", "intervention"):
+            assert node["name"], f"{group}/{choice} has no name"
+        if group == "benchmark":
+            BENCHMARKS.get(node["name"])(node).label()
+        if group == "intervention" and node["name"] != "compose":
+            INTERVENTIONS.get(node["name"])
+        if group == "model":
+            assert node["family"] in {"llava", "llava_next", "instructblip", "blip2"}
+            assert node["path"] or node["tiny"]
+            assert node["trust_remote_code"] is False
+
+
+@pytest.mark.parametrize("name", _choices("experiment"))
+def test_every_experiment_preset_composes(name):
+    cfg = _compose([f"experiment={name}"])
+    for group in ("model", "intervention", "benchmark", "decoding"):
+        OmegaConf.to_container(cfg[group], resolve=True)
+
+
+def test_registries_list_every_config():
+    names = {OmegaConf.load(p)["name"] for p in (CONFIGS / "benchmark").glob("*.yaml")}
+    assert names <= set(BENCHMARKS.names())
+    inames = {OmegaConf.load(p)["name"] for p in (CONFIGS / "intervention").glob("*.yaml")} - {"compose"}
+    assert inames <= set(INTERVENTIONS.names())
+
+
+def test_unknown_registry_name_lists_choices():
+    with pytest.raises(KeyError, match="valid choices: .*pope"):
+        BENCHMARKS.get("nope")

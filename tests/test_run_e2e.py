@@ -1,0 +1,132 @@
+"""End to end through run.py: default run, kill -9 and resume, sharded = single-process, bad input."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT, run_cli
+
+BASE = ["model=tiny_llava", "benchmark=smoke", "run.num_threads=1"]
+
+
+def _answers(run_dir):
+    return [json.loads(l) for l in (run_dir / "answers.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    """One uninterrupted single-process default run."""
+    d = tmp_path_factory.mktemp("ref")
+    proc = run_cli([*BASE, f"hydra.run.dir={d}", f"results_store={d / 'results.jsonl'}"])
+    return d, proc
+
+
+def test_default_run_scores_and_prints_leaderboard(reference_run):
+    d, proc = reference_run
+    scores = json.loads((d / "scores.json").read_text())
+    for key in ("CHAIRs", "CHAIRi", "Recall", "Precision", "F1", "Len", "pope_accuracy", "pope_f1", "n"):
+        assert key in scores
+    assert scores["n"] == 30
+    assert "leaderboard rows" in proc.stdout and "tiny_llava" in proc.stdout
+    recs = _answers(d)
+    assert len({r["question_id"] for r in recs}) == 30
+    fp = recs[0]["fingerprint"]
+    assert fp["model"]["name"] == "tiny_llava" and fp["attn_implementation"] == "eager"
+    assert "torch" in fp["versions"] and fp["hash"]
+    row = json.loads((d / "results.jsonl").read_text().splitlines()[-1])
+    assert row["metrics"]["CHAIRs"] == scores["CHAIRs"]
+
+
+def test_kill_9_then_resume_loses_and_duplicates_nothing(reference_run, tmp_path):
+    ref_dir, _ = reference_run
+    d = tmp_path / "run"
+    args = [sys.executable, "run.py", *BASE, "run.batch_size=2", f"hydra.run.dir={d}",
+            f"results_store={tmp_path / 'results.jsonl'}"]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    answers = d / "answers.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if answers.exists() and answers.read_text().count("\n") >= 4:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    n_before = answers.read_text().count("\n")
+    assert 4 <= n_before < 30, "the run was not interrupted mid-way"
+    with open(answers, "a") as fh:  # a write cut short by the kill
+        fh.write('{"question_id": "pope/60623/3", "answ')
+    run_cli(BASE[:2] + ["run.batch_size=2", "run.num_threads=1", f"hydra.run.dir={d}",
+                        f"results_store={tmp_path / 'results.jsonl'}"])
+    got = _answers(d)
+    ids = [r["question_id"] for r in got]
+    assert len(ids) == len(set(ids)) == 30
+    ref = {r["question_id"]: r["answer"] for r in _answers(ref_dir)}
+    assert {r["question_id"]: r["answer"] for r in got} == ref
+
+
+def test_two_process_torchrun_equals_single_process(reference_run, tmp_path):
+    ref_dir, _ = reference_run
+    d = tmp_path / "sharded"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           "run.py", *BASE, f"hydra.run.dir={d}", f"results_store={tmp_path / 'results.jsonl'}"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (d / "answers.shard000-of-002.jsonl").exists() and (d / "answers.shard001-of-002.jsonl").exists()
+    merged = _answers(d)
+    ref = _answers(ref_dir)
+    assert [r["question_id"] for r in merged] == [r["question_id"] for r in ref]
+    assert [r["answer"] for r in merged] == [r["answer"] for r in ref]
+    assert json.loads((d / "scores.json").read_text()) == json.loads((ref_dir / "scores.json").read_text())
+
+
+def test_explicit_shards_merge_when_the_last_one_finishes(reference_run, tmp_path):
+    ref_dir, _ = reference_run
+    d = tmp_path / "explicit"
+    common = [*BASE, "run.limit=10", f"hydra.run.dir={d}", f"results_store={tmp_path / 'r.jsonl'}"]
+    run_cli([*common, "run.num_shards=2", "run.shard_id=1"])
+    assert not (d / "answers.jsonl").exists()
+    run_cli([*common, "run.num_shards=2", "run.shard_id=0"])
+    merged = _answers(d)
+    assert [r["answer"] for r in merged] == [r["answer"] for r in _answers(ref_dir)[:10]]
+    assert json.loads((d / "scores.json").read_text())["n"] == 10
+
+
+def test_unknown_config_choice_lists_valid_choices(tmp_path):
+    proc = run_cli(["model=no_such_model", f"hydra.run.dir={tmp_path}"], check=False)
+    assert proc.returncode != 0
+    assert "no_such_model" in proc.stderr and "tiny_llava" in proc.stderr
+
+
+def test_missing_image_names_item_and_path_or_is_skipped(tmp_path):
+    # gpt4v_aided without an image root: every item lacks its image
+    proc = run_cli(["benchmark=gpt4v_aided", "benchmark.limit=2", f"hydra.run.dir={tmp_path / 'a'}",
+                    f"results_store={tmp_path / 'r.jsonl'}"], check=False)
+    assert proc.returncode != 0 and "000000" in proc.stderr and "image" in proc.stderr
+    proc = run_cli(["benchmark=pope", "benchmark.limit=3", "benchmark.image_root=/nonexistent/coco",
+                    "run.skip_missing=true", f"hydra.run.dir={tmp_path / 'b'}",
+                    f"results_store={tmp_path / 'r.jsonl'}"], check=False)
+    recs = _answers(tmp_path / "b")
+    assert len(recs) == 3 and all(r["skipped"] and "/nonexistent/coco" in r["skip_reason"] for r in recs)
+
+
+def test_score_only_malformed_line_names_file_and_line(tmp_path):
+    bad = tmp_path / "answers.jsonl"
+    bad.write_text('{"question_id": 1, "text": "Yes"}\n{"question_id": 2, "text": "No"\n')
+    proc = run_cli(["benchmark=pope", f"answers={bad}", f"hydra.run.dir={tmp_path / 'r'}",
+                    f"results_store={tmp_path / 'r.jsonl'}"], check=False)
+    assert proc.returncode != 0
+    assert str(bad) in proc.stderr and "line 2" in proc.stderr
+
+
+def test_score_only_reports_missing_ids(tmp_path):
+    ans = tmp_path / "answers.jsonl"
+    ans.write_text("".join(json.dumps({"question_id": i, "text": "Yes"}) + "\n" for i in range(1, 11)))
+    proc = run_cli(["benchmark=pope", f"answers={ans}", f"hydra.run.dir={tmp_path / 'r'}",
+                    f"results_store={tmp_path / 'r.jsonl'}"], check=False)
+    assert proc.returncode != 0 and "missing 2990" in proc.stderr
