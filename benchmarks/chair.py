@@ -26,6 +26,8 @@ from harness.registry import BENCHMARKS
 IMAGE_SETS = {
     "chair500": ("chair/chair-500.jsonl", "image"),  # less-is-more CHAIR-eval, 500 val2014 images, seed 0
     "damro500": ("chair/damro_chair_images_500.jsonl", "image_id"),  # DAMRO = the POPE-COCO 500 images
+    # the 500 images the middle-layers (head_guide) reference evaluated, in its order
+    "middle_layers500": ("chair/middle_layers_llava15_500.jsonl", "image_id"),
 }
 ID_KEYS = ("image_id", "question_id")  # auto-detected id keys, in order
 CAPTION_KEYS = ("caption", "text", "answer")  # auto-detected caption keys, in order
@@ -72,6 +74,7 @@ class ChairBenchmark(Benchmark):
 
     name = "chair"
     headline_metrics = ("CHAIRs", "CHAIRi", "Recall", "F1", "Len")
+    label_keys = ("ground_truth",)
     task = "open"
 
     def __init__(self, cfg: dict | None = None):

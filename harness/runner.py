@@ -60,17 +60,21 @@ def answer_batch(adapter: Any, intervention: Any, items: Sequence[Item], images:
     batch = adapter.prepare(images, [it.prompt for it in items])
     torch.manual_seed(batch_seed(seed, items[0].question_id))
     with intervention.session(adapter, batch) as plan:
-        kwargs = dict(plan.generate_kwargs)
-        if plan.generate_fn is not None:
-            ids = plan.generate_fn(batch, decoding, plan.logits_processors, **kwargs)
-        else:
-            ids = adapter.generate_ids(batch, decoding, plan.logits_processors, **kwargs)
+        ids = generate_with_plan(adapter, plan, batch, decoding)
         answers = adapter.decode(ids)
         if plan.postprocess is not None:
             answers = plan.postprocess(answers, batch)
         infos = plan.row_info
     return [_record(it, ans, prompt, fingerprint, info=(infos[i] if infos else None))
             for i, (it, ans, prompt) in enumerate(zip(items, answers, batch.prompts))]
+
+
+def generate_with_plan(adapter: Any, plan: Any, batch: Any, decoding: dict) -> torch.Tensor:
+    """New token ids for a batch under an intervention's plan: its decoding engine, else `generate`."""
+    kwargs = dict(plan.generate_kwargs)
+    if plan.generate_fn is not None:
+        return plan.generate_fn(batch, decoding, plan.logits_processors, **kwargs)
+    return adapter.generate_ids(batch, decoding, plan.logits_processors, **kwargs)
 
 
 def _record(it: Item, answer: str, prompt: str | None, fingerprint: dict, skipped: str | None = None,

@@ -79,11 +79,14 @@ class Composite(Intervention):
 
     @contextmanager
     def session(self, adapter: Any, batch: Any) -> Iterator[GenerationPlan]:
-        """Enter every member's session and merge their plans."""
+        """Enter every member's session and merge their plans.
+
+        Members may fill their per-row info during generation or in their postprocess, so the
+        merged plan's postprocess runs every member's postprocess and then merges row info.
+        """
         with ExitStack() as stack:
             plans = [stack.enter_context(m.session(adapter, batch)) for m in self.members]
             merged = GenerationPlan()
-            posts = []
             for m, p in zip(self.members, plans):
                 merged.logits_processors += p.logits_processors
                 merged.generate_kwargs.update(p.generate_kwargs)
@@ -91,18 +94,24 @@ class Composite(Intervention):
                     if merged.generate_fn is not None:
                         raise ValueError(f"cannot compose two decoding engines ({m.name} and another)")
                     merged.generate_fn = p.generate_fn
-                if p.row_info is not None:
-                    merged.row_info = [{**(a or {}), **b} for a, b in
-                                       zip(merged.row_info or [{}] * len(p.row_info), p.row_info)]
-                if p.postprocess is not None:
-                    posts.append(p.postprocess)
-            if posts:
-                def chain(answers, b, _posts=posts):
-                    for f in _posts:
-                        answers = f(answers, b)
-                    return answers
-                merged.postprocess = chain
+            posts = [p.postprocess for p in plans if p.postprocess is not None]
+
+            def finish(answers, b):
+                for f in posts:
+                    answers = f(answers, b)
+                merged.row_info = merge_row_info([p.row_info for p in plans])
+                return answers
+
+            merged.postprocess = finish
             yield merged
+
+
+def merge_row_info(infos: list[list[dict] | None]) -> list[dict] | None:
+    """Per-row dicts of several plans merged row by row (None when no plan has any)."""
+    present = [x for x in infos if x is not None]
+    if not present:
+        return None
+    return [{k: v for info in present for k, v in (info[i] or {}).items()} for i in range(len(present[0]))]
 
 
 def build_intervention(cfg: Mapping[str, Any] | None) -> Intervention:

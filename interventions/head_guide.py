@@ -61,6 +61,7 @@ import torch
 from harness.registry import INTERVENTIONS
 from interventions.attention_fn import active_implementation, edit_attention_logits
 from interventions.base import GenerationPlan, Intervention
+from interventions.contrastive import active_rows
 
 DEFAULTS: dict = {
     "layers": [5, 18],
@@ -185,8 +186,21 @@ class HeadGuide(Intervention):
         spans = adapter.image_spans(batch.inputs["input_ids"])
         alpha, agg, top_k, ref_mask = c["alpha"], c["aggregation"], c["top_k"], c["reference_prefill_mask"]
 
+        stacked: dict = {}
+
+        def row_spans(rows: int) -> list[tuple[int, int]]:
+            # Inside a contrastive engine the batch holds every view's rows, each with its own span.
+            layout = active_rows()
+            if layout is None or rows != layout["input_ids"].shape[0]:
+                return spans
+            key = id(layout)
+            if key not in stacked:
+                stacked.clear()
+                stacked[key] = adapter.image_spans(layout["input_ids"])
+            return stacked[key]
+
         def edit(module, scores, mask):
-            cols = span_mask(spans, scores.shape[0], scores.shape[-1], scores.device)
+            cols = span_mask(row_spans(scores.shape[0]), scores.shape[0], scores.shape[-1], scores.device)
             scores = guide_scores(scores, mask, cols, alpha, agg, top_k)
             if ref_mask and mask is not None and scores.shape[2] > 1:
                 mask = mask[:, :, -1:, :].expand(mask.shape)  # no causal mask at prefill, keep key padding

@@ -25,6 +25,7 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 
 from harness.registry import INTERVENTIONS  # noqa: E402
+from harness.runner import generate_with_plan  # noqa: E402
 from interventions.base import build_intervention  # noqa: E402
 
 TARGETS = {"head_guide": 1.15, "damro": 1.6, "vcd": 1.6}
@@ -59,11 +60,7 @@ def run_once(adapter, intervention, batch, decoding) -> tuple[float, int]:
         torch.cuda.synchronize()
     t0 = time.perf_counter()
     with intervention.session(adapter, batch) as plan:
-        kwargs = dict(plan.generate_kwargs)
-        if plan.generate_fn is not None:
-            ids = plan.generate_fn(batch, decoding, plan.logits_processors, **kwargs)
-        else:
-            ids = adapter.generate_ids(batch, decoding, plan.logits_processors, **kwargs)
+        ids = generate_with_plan(adapter, plan, batch, decoding)
     if adapter.device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - t0, int(ids.shape[1])

@@ -264,10 +264,10 @@ def test_experiment_preset_pins_the_reference_setup():
     assert cfg["benchmark"]["prompt"] == "Please help me describe the image in detail."
     assert cfg["decoding"]["strategy"] == "greedy" and cfg["decoding"]["max_new_tokens"] == 512
     # the reference's own 500 images (from its log), in its order
-    ids = [json.loads(line)["image_id"] for line in (ROOT / cfg["benchmark"]["image_set"]).read_text().splitlines()]
+    assert cfg["benchmark"]["image_set"] == "middle_layers500"
+    ids_file = ROOT / "benchmarks/data/chair/middle_layers_llava15_500.jsonl"
+    ids = [json.loads(line)["image_id"] for line in ids_file.read_text().splitlines()]
     assert len(ids) == len(set(ids)) == 500 and ids[:3] == [236338, 255315, 86800] and ids[-1] == 143696
-    if not Path(ROOT / "configs/benchmark/chair.yaml").exists():
-        pytest.skip("configs/benchmark/chair.yaml is not there yet")
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
@@ -280,7 +280,7 @@ def test_experiment_preset_pins_the_reference_setup():
     build_intervention(c["intervention"])
     from harness.registry import BENCHMARKS
 
-    bench = BENCHMARKS.get("chair")({**c["benchmark"], "image_set": str(ROOT / c["benchmark"]["image_set"])})
+    bench = BENCHMARKS.get("chair")(c["benchmark"])
     items = bench.items()
     assert [it.question_id for it in items] == ids
     assert items[0].prompt == "Please help me describe the image in detail."

@@ -130,3 +130,19 @@ def test_score_only_reports_missing_ids(tmp_path):
     proc = run_cli(["benchmark=pope", f"answers={ans}", f"hydra.run.dir={tmp_path / 'r'}",
                     f"results_store={tmp_path / 'r.jsonl'}"], check=False)
     assert proc.returncode != 0 and "missing 2990" in proc.stderr
+
+
+def test_sweep_rows_land_in_the_store_and_plot(tmp_path):
+    store = tmp_path / "results.jsonl"
+    run_cli(["-m", "model=tiny_llava", "benchmark=smoke", "intervention=vcd", "intervention.alpha=0,1",
+             "run.limit=6", "run.num_threads=1", f"hydra.sweep.dir={tmp_path / 'sweep'}", f"results_store={store}"])
+    rows = [json.loads(l) for l in store.read_text().splitlines()]
+    assert sorted(r["params"]["alpha"] for r in rows) == [0, 1]
+    png = tmp_path / "sweep.png"
+    run_cli(["scripts/plot_sweep.py", "--store", str(store), "--param", "alpha", "--metric", "CHAIRs",
+             "--out", str(png)])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    out = tmp_path / "lb"
+    proc = run_cli(["scripts/leaderboard.py", "--store", str(store), "--out", str(out)])
+    assert "alpha=0" in proc.stdout and "alpha=1" in proc.stdout
+    assert (out / "leaderboard.html").exists() and (out / "leaderboard.csv").exists()

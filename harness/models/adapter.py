@@ -108,6 +108,10 @@ class VLMAdapter:
                                getattr(getattr(self.processor, "qformer_tokenizer", None), "pad_token_id", 0))
         else:
             enc = self.processor(images=list(images), text=prompts, return_tensors="pt", padding=True)
+        return Batch(inputs=self.to_model(enc), prompts=prompts, images=list(images))
+
+    def to_model(self, enc: Any) -> dict:
+        """Processor output as a dict of tensors on the model's device, floats in the model's dtype."""
         dtype = next(self.model.parameters()).dtype
         inputs = {}
         for k, v in enc.items():
@@ -116,7 +120,7 @@ class VLMAdapter:
                 if v.is_floating_point():
                     v = v.to(dtype)
             inputs[k] = v
-        return Batch(inputs=inputs, prompts=prompts, images=list(images))
+        return inputs
 
     def image_token_mask(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Boolean [batch, seq] mask of the positions that hold image features."""

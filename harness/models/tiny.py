@@ -15,7 +15,7 @@ import torch
 from harness.models.tiny_vocab import tiny_vocabulary
 
 SPECIALS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
-BUILD_VERSION = 2  # bump when a builder changes, so cached tiny models are rebuilt
+BUILD_VERSION = 3  # bump when a builder changes, so cached tiny models are rebuilt
 
 # The official chat templates of the real checkpoints these tiny models stand for.
 LLAVA15_TEMPLATE = (
@@ -137,8 +137,10 @@ def _blip_parts(text_family: str):
     else:
         tok = _llama_tokenizer()
     tok.image_token = "<image>"
+    # BLIP's vision config initialises with initializer_range=1e-10, which would make a random tiny
+    # model nearly blind to its image; 0.02 (the text models' default) lets the image matter.
     vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                  image_size=TINY_IMAGE, patch_size=14)
+                  image_size=TINY_IMAGE, patch_size=14, initializer_range=0.02)
     qformer = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
                    encoder_hidden_size=32, cross_attention_frequency=1)
     ip = transformers.BlipImageProcessorPil(size={"height": TINY_IMAGE, "width": TINY_IMAGE})

@@ -92,15 +92,7 @@ def encode(adapter: Any, image: Any, text: str) -> dict:
     The single-row counterpart of `adapter.prepare` for texts that already went through the template.
     """
     enc = adapter.processor(images=[image], text=[text], return_tensors="pt")
-    dtype = next(adapter.model.parameters()).dtype
-    out = {}
-    for k, v in enc.items():
-        if torch.is_tensor(v):
-            v = v.to(adapter.device)
-            if v.is_floating_point():
-                v = v.to(dtype)
-        out[k] = v
-    return out
+    return adapter.to_model(enc)
 
 
 def answer_text(adapter: Any, question: str, answer: str) -> str:
