@@ -26,7 +26,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Mapping
 
-from benchmarks.base import DATA_DIR, Benchmark, Item, match_ids
+from benchmarks.base import DATA_DIR, AnswerMismatchError, Benchmark, Item, match_ids
 from benchmarks.loading import load_question_records
 from benchmarks.yes_no import binary_metrics, get_parser, normalise_label
 from harness.records import normalise_record, read_answers
@@ -180,9 +180,27 @@ class POPE(Benchmark):
             if split not in self.splits:
                 return None
             return f"{split}/{raw}" if multi else raw
-        if multi and "/" not in str(qid) and rec.get("category") in SPLITS:
-            return f"{rec['category']}/{qid}"
+        category = rec.get("category")
+        if category in SPLITS and "/" not in str(qid):
+            if category not in self.splits:
+                return None  # an answer to another split of a combined file
+            return f"{category}/{qid}" if multi else qid
         return qid
+
+    def _mismatch_hint(self, got: set[str]) -> str:
+        """A suggestion when answer ids fit another reading of the benchmark (combined ids, version)."""
+        c = self.cfg
+        if not c["llava_combined_ids"] and any(k.isdigit() and int(k) >= LLAVA_COMBINED_OFFSET for k in got):
+            return ("the ids look like LLaVA's combined llava_pope_test.jsonl ids: set "
+                    "benchmark.llava_combined_ids=true (and benchmark.version=2023-08)")
+        if c["question_file"] is None and c["dataset"] == "coco" and len(self.splits) == 1:
+            for version in VERSION_DIRS:
+                if version == c["version"]:
+                    continue
+                rows = load_question_records(question_file_path("coco", self.splits[0], version))
+                if got == {str(r["question_id"]) for r in rows}:
+                    return f"the ids match the POPE {version} question file: set benchmark.version={version}"
+        return ""
 
     def score(self, records: list[dict], source: str = "answers") -> dict:
         """Per-split confusion counts and metrics (percent); with split=all also their means."""
@@ -201,7 +219,13 @@ class POPE(Benchmark):
             by_id[key] = rec
         if dups:
             raise ValueError(f"{source}: {len(dups)} duplicate answers, e.g. ids {', '.join(dups[:10])}")
-        match_ids([it.question_id for it in items], by_id, source)
+        try:
+            match_ids([it.question_id for it in items], by_id, source)
+        except AnswerMismatchError as e:
+            hint = self._mismatch_hint(set(by_id))
+            if hint:
+                e.args = (f"{e.args[0]}; hint: {hint}",)
+            raise
 
         parser_name = self.cfg["parser"]
         parser = get_parser(parser_name)

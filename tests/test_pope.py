@@ -169,3 +169,21 @@ def test_config_validation():
     with pytest.raises(ValueError, match="valid choices"):
         POPE({"split": "hard"})
     assert question_file_path("aokvqa", "random").exists()
+
+
+def test_mismatch_hints_name_the_fitting_version_and_combined_ids():
+    import json as _json
+
+    from benchmarks.base import AnswerMismatchError, DATA_DIR as _D
+    from benchmarks.pope import POPE as _POPE
+
+    rows = [_json.loads(l) for l in (_D / "pope/coco_2023-08_llava_opera/coco_pope_random.json").read_text().splitlines()]
+    recs = [{"question_id": r["question_id"], "answer": "Yes"} for r in rows]
+    with pytest.raises(AnswerMismatchError, match="benchmark.version=2023-08"):
+        _POPE({"split": "random"}).score(recs)
+    combined = [{"question_id": 10_000_000 + r["question_id"], "answer": "Yes"} for r in rows]
+    with pytest.raises(AnswerMismatchError, match="llava_combined_ids=true"):
+        _POPE({"split": "random", "version": "2023-08"}).score(combined)
+    other = [{"question_id": r["question_id"], "answer": "No", "category": "popular"} for r in rows]
+    got = _POPE({"split": "random", "version": "2023-08"}).score(recs + other)
+    assert got["n"] == 2910 and got["yes_ratio"] == 100.0
