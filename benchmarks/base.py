@@ -18,6 +18,20 @@ class Item:
     image_path: str | None  # absolute path to the image file (None for text-only items)
     image_id: str | None = None  # the benchmark's own image identifier (e.g. a COCO file name)
     meta: dict = field(default_factory=dict)  # label, category, type, ... copied into the answer record
+    image: Any = None  # an in-memory image (e.g. from a hub dataset) used when image_path is None
+
+
+def embedded_image(value: Any) -> Any:
+    """A PIL image from a dataset cell holding one (a PIL image or a {"bytes": ...} dict), else None."""
+    from PIL import Image
+
+    if isinstance(value, Image.Image):
+        return value
+    if isinstance(value, dict) and value.get("bytes"):
+        import io
+
+        return Image.open(io.BytesIO(value["bytes"]))
+    return None
 
 
 class AnswerMismatchError(ValueError):

@@ -51,6 +51,7 @@ DEFAULTS: dict[str, Any] = {
     "drop_yes_no_instruction": True,
     "max_new_tokens": 16,
     "answer_key": None,
+    "question_file": None,
 }
 
 
@@ -145,19 +146,46 @@ class MME(Benchmark):
         if self._items is not None:
             return self._items
         out = []
+        hub = self._question_file_rows() if self.cfg.get("question_file") else None
         for subtask in self.subtasks:
             seen: dict[str, int] = defaultdict(int)
-            for image_name, question, label in read_ground_truth(subtask):
+            rows = hub.get(subtask, []) if hub is not None else [
+                (image_name, question, label, None) for image_name, question, label in read_ground_truth(subtask)]
+            for image_name, question, label, inline in rows:
                 k = seen[image_name]
                 seen[image_name] += 1
                 out.append(Item(
                     question_id=f"{subtask}/{image_name}/{k}",
                     prompt=self.prompt(question),
-                    image_path=self.image_path(subtask, image_name),
+                    image_path=self.image_path(subtask, image_name) if inline is None else None,
                     image_id=f"{subtask}/{image_name}",
                     meta={"subtask": subtask, "label": label, "image_name": image_name, "question": question},
+                    image=inline,
                 ))
         self._items = out
+        return out
+
+    def _question_file_rows(self) -> dict[str, list[tuple]]:
+        """(image_name, question, label, embedded image) per subtask from `question_file`.
+
+        The file (local JSON/JSONL/Parquet, or a hub id such as lmms-lab/MME) has rows with
+        `category` (the subtask), `question_id` ("<subtask>/<image>"), `question`, `answer`
+        (Yes/No) and `image` (a file name, or an embedded image as hub datasets ship it).
+        """
+        from benchmarks.base import embedded_image
+        from benchmarks.loading import load_question_records
+
+        out: dict[str, list[tuple]] = defaultdict(list)
+        for i, row in enumerate(load_question_records(self.cfg["question_file"], split="test")):
+            where = f"{self.cfg['question_file']}, row {i + 1}"
+            try:
+                subtask, qid, question = row["category"], str(row["question_id"]), row["question"]
+            except KeyError as e:
+                raise ValueError(f"{where}: MME question rows need category, question_id, question; "
+                                 f"missing {e}") from None
+            inline = embedded_image(row.get("image"))
+            name = qid.split("/")[-1] if inline is not None or not isinstance(row.get("image"), str) else row["image"]
+            out[subtask].append((name, question, normalise_label(row.get("answer"), where), inline))
         return out
 
     def _index(self) -> dict[tuple[str, str, str], str]:

@@ -26,7 +26,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Mapping
 
-from benchmarks.base import DATA_DIR, AnswerMismatchError, Benchmark, Item, match_ids
+from benchmarks.base import DATA_DIR, AnswerMismatchError, Benchmark, Item, embedded_image, match_ids
 from benchmarks.loading import load_question_records
 from benchmarks.yes_no import binary_metrics, get_parser, normalise_label
 from harness.records import normalise_record, read_answers
@@ -154,14 +154,18 @@ class POPE(Benchmark):
                 text = str(_row_field(row, ("text", "question"), w))
                 label = normalise_label(_row_field(row, ("label", "answer"), w), w)
                 image = _row_field(row, ("image",), w)
-                if not isinstance(image, str):
-                    raise ValueError(f"{w}: 'image' must be an image file name, got {type(image).__name__}")
+                inline = embedded_image(image)  # hub datasets (e.g. lmms-lab/POPE) embed the image
+                if inline is None and not isinstance(image, str):
+                    raise ValueError(f"{w}: 'image' must be an image file name or an embedded image, "
+                                     f"got {type(image).__name__}")
+                name = image if inline is None else str(row.get("image_source") or qid)
                 out.append(Item(
                     question_id=f"{split}/{qid}" if multi else qid,
                     prompt=text + suffix,
-                    image_path=str(root / image) if root else None,
-                    image_id=image,
+                    image_path=str(root / image) if root and inline is None else None,
+                    image_id=name,
                     meta={"label": label, "split": split},
+                    image=inline,
                 ))
         self._items = out
         return out

@@ -40,7 +40,8 @@ def generate_answers(items: Sequence[Item], out_file: Path, adapter_factory: Cal
             records, ready, images = [], [], []
             for it in chunk:
                 try:
-                    images.append(load_image(it.image_path, it.question_id))
+                    images.append(it.image.convert("RGB") if it.image is not None and it.image_path is None
+                                  else load_image(it.image_path, it.question_id))
                     ready.append(it)
                 except MissingImageError as e:
                     if not skip_missing:
