@@ -1,0 +1,114 @@
+"""How a VLM's image-token span maps back to the image: layouts, views and span -> view reshaping.
+
+- LLaVA-1.5: the span is the encoder's square patch grid (sqrt of the span length; a leading CLS
+  token is dropped under the ``full`` feature strategy) over the processed image (the center crop
+  the model sees);
+- LLaVA-NeXT: the first h*w tokens are the base crop (the whole image resized to one square crop):
+  view ``base`` over the processed base crop; the remaining tokens are the AnyRes tiles, unpadded and
+  with one ``image_newline`` token per row: view ``tiles`` (newline tokens dropped) over the original
+  image (the unpadded tile grid covers it exactly). Vision-encoder relevancy is computed per crop and
+  reassembled the same way;
+- BLIP-2 / InstructBLIP: the span holds the Q-Former's query tokens, which do not map to patches:
+  view ``queries`` is a bar per query token; view ``patches`` pushes the per-query values through the
+  Q-Former (attention: its cross-attention averaged over layers and heads; relevancy: the Q-Former
+  relevancy) onto the vision encoder's patch grid over the processed image.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from harness.models.adapter import VLMAdapter
+
+
+@dataclass
+class View:
+    """One way of showing a map over the image span: a grid of cells, drawn over an image or as bars."""
+
+    name: str  # "patches" | "base" | "tiles" | "queries" | "tokens"
+    rows: int
+    cols: int
+    overlay: str | None  # image it is drawn over: "model" (processed image), "original", or None (bars)
+    label: str = ""
+
+
+def _grid_side(n: int) -> int | None:
+    side = math.isqrt(n)
+    return side if side * side == n else None
+
+
+def span_geometry(adapter: VLMAdapter, inputs: dict, span_len: int) -> dict:
+    """How the image span maps back to the image (see the module docstring); ``kind`` names the layout."""
+    cfg = adapter.model.config
+    fam = adapter.family
+    strategy = getattr(cfg, "vision_feature_select_strategy", "default")
+    if fam == "llava":
+        off = 1 if strategy == "full" else 0
+        side = _grid_side(span_len - off)
+        if side:
+            return {"kind": "grid", "side": side, "skip": off, "vit_offset": 1 - off}
+    elif fam == "llava_next":
+        vc = cfg.vision_config
+        h = w = vc.image_size // vc.patch_size
+        if strategy == "default" and span_len > h * w and "image_sizes" in inputs:
+            from transformers.models.llava_next.modeling_llava_next import (get_anyres_image_grid_shape,
+                                                                            unpad_image)
+
+            size = inputs["image_sizes"][0].tolist()
+            nph, npw = get_anyres_image_grid_shape(size, cfg.image_grid_pinpoints, vc.image_size)
+            idx = torch.arange(nph * h * npw * w).view(1, nph * h, npw * w)
+            un = unpad_image(idx, size)[0]  # [R, C] padded-grid flat index of each kept cell
+            rows, cols = un.shape
+            if h * w + rows * (cols + 1) == span_len:
+                return {"kind": "anyres", "h": h, "w": w, "nph": nph, "npw": npw, "rows": rows, "cols": cols,
+                        "unpad": un}
+        if span_len == h * w:
+            return {"kind": "grid", "side": h, "skip": 0, "vit_offset": 1}
+    elif fam in ("blip2", "instructblip"):
+        vc = cfg.vision_config
+        side = vc.image_size // vc.patch_size
+        return {"kind": "queries", "n": span_len, "side": side}
+    return {"kind": "tokens", "n": span_len}
+
+
+def span_views(geometry: dict) -> list[View]:
+    """The views of a span layout."""
+    kind = geometry["kind"]
+    if kind == "grid":
+        s = geometry["side"]
+        return [View("patches", s, s, "model", "image patches (the crop the model sees)")]
+    if kind == "anyres":
+        h, w = geometry["h"], geometry["w"]
+        return [View("base", h, w, "model", "base crop (whole image, resized)"),
+                View("tiles", geometry["rows"], geometry["cols"], "original", "AnyRes tiles (unpadded)")]
+    if kind == "queries":
+        s = geometry["side"]
+        return [View("queries", 1, geometry["n"], None, "Q-Former query tokens"),
+                View("patches", s, s, "model", "patches, through the Q-Former")]
+    return [View("tokens", 1, geometry["n"], None, "image tokens")]
+
+
+def to_views(geometry: dict, values: torch.Tensor, qformer_map: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Span values [..., span] -> {view name: [..., rows, cols]} for the span-linear views of a layout.
+
+    ``qformer_map`` [queries, patches] pushes query values to patches for BLIP layouts (view ``patches``).
+    """
+    lead = values.shape[:-1]
+    kind = geometry["kind"]
+    if kind == "grid":
+        s = geometry["side"]
+        return {"patches": values[..., geometry["skip"]:].reshape(*lead, s, s)}
+    if kind == "anyres":
+        h, w, rows, cols = geometry["h"], geometry["w"], geometry["rows"], geometry["cols"]
+        base = values[..., :h * w].reshape(*lead, h, w)
+        tiles = values[..., h * w:].reshape(*lead, rows, cols + 1)[..., :cols]
+        return {"base": base, "tiles": tiles}
+    if kind == "queries":
+        out = {"queries": values.reshape(*lead, 1, geometry["n"])}
+        if qformer_map is not None:
+            s = geometry["side"]
+            out["patches"] = (values.float() @ qformer_map.float()).reshape(*lead, s, s)
+        return out
+    return {"tokens": values.reshape(*lead, 1, geometry["n"])}
