@@ -59,6 +59,7 @@ def answer_batch(adapter: Any, intervention: Any, items: Sequence[Item], images:
                  fingerprint: dict, seed: int = 0) -> list[dict]:
     """Answer records for one batch of items with their loaded images, under the intervention."""
     batch = adapter.prepare(images, [it.prompt for it in items])
+    batch.items = list(items)
     torch.manual_seed(batch_seed(seed, items[0].question_id))
     with intervention.session(adapter, batch) as plan:
         ids = generate_with_plan(adapter, plan, batch, decoding)

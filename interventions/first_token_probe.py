@@ -9,7 +9,8 @@ probe's prediction; the model's own answer is kept in ``intervention_info``::
     {"model_answer": "No, there is not.", "probe_prob": 0.91, "probe_answer": "Yes"}
 
 Which rows are yes/no questions (``rows``): ``all`` - every row (pure yes/no benchmarks such as
-POPE); ``auto`` (default) - rows whose prompt asks a yes/no question: a sentence that starts with
+POPE); ``auto`` (default) - rows whose benchmark item has a yes/no label (POPE, MME, the smoke
+questions) or, without a label, whose prompt asks a yes/no question: a sentence that starts with
 an auxiliary verb (is, are, does, do, can, ...) and ends with "?", or that says "yes or no". Other rows
 (captions, open questions) keep the model's answer and get ``{"probe": "not a yes/no question"}``.
 
@@ -27,6 +28,14 @@ from interventions.base import GenerationPlan, Intervention
 _AUX = r"(?:is|are|am|was|were|does|do|did|can|could|will|would|should|has|have|had|may|might|must|shall)"
 YES_NO_RE = re.compile(r"(?:^|[\n.!?:>\"]\s*|\s{2,})" + _AUX + r"\b[^?\n]*\?", re.IGNORECASE)
 YES_OR_NO_RE = re.compile(r"\byes\s+or\s+no\b", re.IGNORECASE)
+
+
+def is_yes_no_row(batch: Any, i: int, prompt: str) -> bool:
+    """Whether row i is a yes/no question: its benchmark item's yes/no label when known, else the prompt."""
+    items = getattr(batch, "items", None) or []
+    if i < len(items) and "label" in items[i].meta:
+        return str(items[i].meta["label"]).strip().lower() in ("yes", "no")
+    return is_yes_no_prompt(prompt)
 
 
 def is_yes_no_prompt(prompt: str) -> bool:
@@ -77,7 +86,7 @@ class FirstTokenProbe(Intervention):
                 out = list(answers)
                 probs = self.probe.predict_proba(cap.logits)
                 for i, (ans, prompt) in enumerate(zip(answers, b.prompts)):
-                    if self.cfg["rows"] == "auto" and not is_yes_no_prompt(prompt):
+                    if self.cfg["rows"] == "auto" and not is_yes_no_row(b, i, prompt):
                         info[i]["probe"] = "not a yes/no question"
                         continue
                     decision = "Yes" if probs[i] > self.threshold else "No"

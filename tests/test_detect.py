@@ -335,3 +335,16 @@ def test_yes_no_prompt_detection(tiny_adapters):
         assert is_yes_no_prompt(a.format_prompt("Are there two cats? Please answer yes or no.")), name
         assert not is_yes_no_prompt(a.format_prompt(CAPTION)), name
         assert not is_yes_no_prompt(a.format_prompt("What is the man holding?")), name
+
+
+def test_probe_rows_follow_the_benchmark_label_when_items_are_known():
+    from types import SimpleNamespace
+
+    from benchmarks.base import Item
+    from interventions.first_token_probe import is_yes_no_row
+
+    batch = SimpleNamespace(items=[Item("a", "Describe it.", None, meta={"label": "yes"}),
+                                   Item("b", "Is there a dog?", None, meta={"kind": "caption"})])
+    assert is_yes_no_row(batch, 0, "USER: Describe it. ASSISTANT:")  # label decides, not the wording
+    assert is_yes_no_row(batch, 1, "USER: Is there a dog? ASSISTANT:")  # no label: the prompt decides
+    assert not is_yes_no_row(SimpleNamespace(items=[]), 0, "USER: Describe the image. ASSISTANT:")

@@ -35,6 +35,7 @@ class Batch:
     inputs: dict  # tensors for model.forward / generate
     prompts: list[str]  # the full templated prompts
     images: list[Any] = field(default_factory=list)  # PIL images, in row order
+    items: list[Any] = field(default_factory=list)  # the benchmark Items of the rows, when the runner made it
 
 
 class VLMAdapter:
