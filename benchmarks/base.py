@@ -63,6 +63,23 @@ def match_ids(expected: Iterable[Any], got: Iterable[Any], source: str, allow_mi
         raise AnswerMismatchError(source, [] if allow_missing else missing, unknown, len(exp_set))
 
 
+def index_by_id(records: Iterable[dict], source: str, key: Any = None) -> dict[str, dict]:
+    """Records keyed by str(key(record)) (default: question_id); None keys are skipped, duplicates raise."""
+    out: dict[str, dict] = {}
+    dups: list[str] = []
+    for rec in records:
+        k = key(rec) if key is not None else rec["question_id"]
+        if k is None:
+            continue
+        k = str(k)
+        if k in out:
+            dups.append(k)
+        out[k] = rec
+    if dups:
+        raise ValueError(f"{source}: {len(dups)} duplicate answers, e.g. ids {', '.join(dups[:10])}")
+    return out
+
+
 class Benchmark(ABC):
     """A named benchmark built from its config node (a plain dict)."""
 

@@ -27,7 +27,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Mapping
 
-from benchmarks.base import DATA_DIR, AnswerMismatchError, Benchmark, Item, match_ids
+from benchmarks.base import DATA_DIR, AnswerMismatchError, Benchmark, Item, index_by_id, match_ids
 from benchmarks.yes_no import NO, YES, normalise_label, parse_mme
 from harness.records import MalformedRecordError, normalise_record, read_answers
 from harness.registry import BENCHMARKS
@@ -240,17 +240,12 @@ class MME(Benchmark):
     def score(self, records: list[dict], source: str = "answers") -> dict:
         """Per-subtask acc, acc+ and score, and the perception/cognition/hallucination totals."""
         items = self.items()
-        by_id: dict[str, dict] = {}
-        dups = []
-        for i, rec in enumerate(records):
+        def normalised(i: int, rec: dict) -> dict:
             if "answer" not in rec or "question_id" not in rec:
                 rec = normalise_record(rec, self.cfg["answer_key"], None, f"{source}, record {i + 1}")
-            key = str(rec["question_id"])
-            if key in by_id:
-                dups.append(key)
-            by_id[key] = rec
-        if dups:
-            raise ValueError(f"{source}: {len(dups)} duplicate answers, e.g. ids {', '.join(dups[:10])}")
+            return rec
+
+        by_id = index_by_id((normalised(i, r) for i, r in enumerate(records)), source)
         present = [s for s in self.subtasks if any(k.startswith(s + "/") for k in by_id)]
         missing_subtasks = [s for s in self.subtasks if s not in present]
         if self.explicit_subtasks or not present:

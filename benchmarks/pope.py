@@ -26,7 +26,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Mapping
 
-from benchmarks.base import DATA_DIR, AnswerMismatchError, Benchmark, Item, embedded_image, match_ids
+from benchmarks.base import (DATA_DIR, AnswerMismatchError, Benchmark, Item, embedded_image, index_by_id,
+                             match_ids)
 from benchmarks.loading import load_question_records
 from benchmarks.yes_no import binary_metrics, get_parser, normalise_label
 from harness.records import normalise_record, read_answers
@@ -209,20 +210,12 @@ class POPE(Benchmark):
     def score(self, records: list[dict], source: str = "answers") -> dict:
         """Per-split confusion counts and metrics (percent); with split=all also their means."""
         items = self.items()
-        by_id: dict[str, dict] = {}
-        dups: list[str] = []
-        for i, rec in enumerate(records):
+        def normalised(i: int, rec: dict) -> dict:
             if "answer" not in rec or "question_id" not in rec:
                 rec = normalise_record(rec, self.cfg["answer_key"], self.cfg["id_key"], f"{source}, record {i + 1}")
-            cid = self.answer_id(rec)
-            if cid is None:
-                continue
-            key = str(cid)
-            if key in by_id:
-                dups.append(key)
-            by_id[key] = rec
-        if dups:
-            raise ValueError(f"{source}: {len(dups)} duplicate answers, e.g. ids {', '.join(dups[:10])}")
+            return rec
+
+        by_id = index_by_id((normalised(i, r) for i, r in enumerate(records)), source, key=self.answer_id)
         try:
             match_ids([it.question_id for it in items], by_id, source)
         except AnswerMismatchError as e:

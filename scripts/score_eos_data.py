@@ -25,17 +25,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-DEFAULT_DATA = ROOT / "benchmarks" / "data" / "eos" / "coco6_conversations.json"
-DEFAULT_IMAGES = ROOT / "benchmarks" / "data" / "images"
 
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="tiny_llava", help="configs/model/<name>.yaml or a YAML path")
-    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="model config overrides")
-    ap.add_argument("--data", default=str(DEFAULT_DATA), help="LLaVA conversation JSON / JSONL")
-    ap.add_argument("--image-folder", default=str(DEFAULT_IMAGES))
+    from harness.eos.data import add_data_arguments
+
+    add_data_arguments(ap)
     ap.add_argument("--out", required=True, help="scores JSONL")
     ap.add_argument("--batch-size", type=int, default=1)
     ap.add_argument("--max-length", type=int, default=2048)

@@ -37,17 +37,14 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-DEFAULT_DATA = ROOT / "benchmarks" / "data" / "eos" / "coco6_conversations.json"
-DEFAULT_IMAGES = ROOT / "benchmarks" / "data" / "images"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="tiny_llava", help="configs/model/<name>.yaml or a YAML path")
-    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="model config overrides")
-    ap.add_argument("--data", default=str(DEFAULT_DATA), help="LLaVA conversation JSON / JSONL")
-    ap.add_argument("--image-folder", default=str(DEFAULT_IMAGES))
+    from harness.eos.data import add_data_arguments
+
+    add_data_arguments(ap)
     ap.add_argument("--output", required=True, help="adapter output folder")
     ap.add_argument("--loss", choices=["selective", "standard"], default="selective")
     ap.add_argument("--lora-r", type=int, default=128)

@@ -266,3 +266,14 @@ def load_model_config(name_or_path: str, overrides: Sequence[str] = ()) -> dict:
             raise ValueError(f"override {item!r} is not key=value")
         cfg[key.strip()] = yaml.safe_load(value)
     return cfg
+
+
+def add_data_arguments(ap) -> None:
+    """The model and data options shared by the EOS scripts (--model, --set, --data, --image-folder)."""
+    from benchmarks.base import DATA_DIR
+
+    ap.add_argument("--model", default="tiny_llava", help="configs/model/<name>.yaml or a YAML path")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="model config overrides")
+    ap.add_argument("--data", default=str(DATA_DIR / "eos" / "coco6_conversations.json"),
+                    help="LLaVA conversation JSON / JSONL")
+    ap.add_argument("--image-folder", default=str(DATA_DIR / "images"))

@@ -15,7 +15,7 @@ from pathlib import Path
 from statistics import mean
 from typing import Any, Sequence
 
-from benchmarks.base import AnswerMismatchError, Item, match_ids
+from benchmarks.base import AnswerMismatchError, Item, index_by_id, match_ids
 from harness.judge.cache import ReplyCache, cache_key, sha256_bytes
 from harness.judge.client import (ChatClient, JudgeError, JudgeHTTPError, image_data_url, read_image,
                                   vision_messages)
@@ -77,18 +77,6 @@ class JudgeTask:
     image_path: str | None
 
 
-def _index(records: list[dict], source: str) -> dict[str, dict]:
-    out: dict[str, dict] = {}
-    dups = []
-    for r in records:
-        qid = str(r["question_id"])
-        if qid in out:
-            dups.append(qid)
-        out[qid] = r
-    if dups:
-        raise ValueError(f"{source}: duplicate question ids {sorted(set(dups))[:10]} ({len(dups)} in all)")
-    return out
-
 
 def build_tasks(items: Sequence[Item], answers_a: list[dict], answers_b: list[dict], names: Sequence[str],
                 image_root: str | Path | None = None, both_orders: bool = True,
@@ -102,7 +90,7 @@ def build_tasks(items: Sequence[Item], answers_a: list[dict], answers_b: list[di
     """
     if len(names) != 2 or names[0] == names[1]:
         raise ValueError(f"names must be two distinct system names, got {list(names)}")
-    a, b = _index(answers_a, sources[0]), _index(answers_b, sources[1])
+    a, b = index_by_id(answers_a, sources[0]), index_by_id(answers_b, sources[1])
     match_ids(list(a), list(b), f"{sources[1]} (compared with {sources[0]})")
     by_id = {str(it.question_id): it for it in items}
     match_ids(list(by_id), list(a), sources[0], allow_missing=True)
