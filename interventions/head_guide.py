@@ -119,8 +119,9 @@ def guide_scores(scores: torch.Tensor, mask: torch.Tensor | None, image_cols: to
         agg = picked.mean(dim=1, keepdim=True)
     else:
         raise ValueError(f"head_guide.aggregation={aggregation!r}; valid choices: {', '.join(AGGREGATIONS)}")
-    bonus = torch.where(image_cols, agg * alpha, torch.zeros((), dtype=agg.dtype, device=agg.device))
-    return torch.cat([scores[:, :, :-1, :], last + bonus], dim=2)
+    edited = scores.clone()
+    edited[:, :, -1:, :] += (agg * alpha) * image_cols
+    return edited
 
 
 @INTERVENTIONS.register("head_guide")
@@ -199,8 +200,21 @@ class HeadGuide(Intervention):
                 stacked[key] = adapter.image_spans(layout["input_ids"])
             return stacked[key]
 
+        masks: dict = {}
+
+        def columns(rows: int, length: int, device: torch.device) -> torch.Tensor:
+            # The span mask only grows by one column per decoding step: build it with spare room once.
+            sp = row_spans(rows)
+            key = (rows, id(sp))
+            cached = masks.get(key)
+            if cached is None or cached.shape[-1] < length:
+                if len(masks) > 8:
+                    masks.clear()
+                cached = masks[key] = span_mask(sp, rows, length + 256, device)
+            return cached[..., :length]
+
         def edit(module, scores, mask):
-            cols = span_mask(row_spans(scores.shape[0]), scores.shape[0], scores.shape[-1], scores.device)
+            cols = columns(scores.shape[0], scores.shape[-1], scores.device)
             scores = guide_scores(scores, mask, cols, alpha, agg, top_k)
             if ref_mask and mask is not None and scores.shape[2] > 1:
                 mask = mask[:, :, -1:, :].expand(mask.shape)  # no causal mask at prefill, keep key padding
