@@ -11,9 +11,11 @@ Question files (shipped in ``benchmarks/data/pope/``, JSON Lines despite the ``.
 Item ids are the files' ``question_id`` (ints). With ``split: all`` the three splits are
 items of one benchmark and ids become ``"<split>/<question_id>"`` strings (e.g.
 ``"random/17"``); answer records that carry a POPE ``category`` field (LVLM-LP, LLaVA's
-question file) are mapped to that form, and ``llava_combined_ids: true`` maps the ids of
+question file) are mapped to that form, and ``llava_combined_ids`` maps the ids of
 LLaVA's combined ``llava_pope_test.jsonl`` (adversarial +0, random +10,000,000,
 popular +20,000,000); with one split, answers of the other splits are then ignored.
+``llava_combined_ids: auto`` (default) turns this on when an answer id is >= 10,000,000, which no
+POPE question file uses; the scores then say ``id_format: llava_combined``.
 
 Scoring joins answers to questions by id (compared as strings, never by line order, unlike
 the reference scripts); a missing, unknown or duplicate id is an error. The yes/no parser is
@@ -53,7 +55,7 @@ DEFAULTS: dict[str, Any] = {
     "max_new_tokens": 16,
     "answer_key": None,
     "id_key": None,
-    "llava_combined_ids": False,
+    "llava_combined_ids": "auto",
 }
 
 
@@ -112,6 +114,7 @@ class POPE(Benchmark):
         get_parser(c["parser"])
         self.max_new_tokens = int(c["max_new_tokens"])
         self._items: list[Item] | None = None
+        self._combined = self.cfg["llava_combined_ids"] is True
 
     # -- items -------------------------------------------------------------------------
     def _split_rows(self) -> dict[str, list[dict]]:
@@ -180,7 +183,7 @@ class POPE(Benchmark):
         """The benchmark id an answer record refers to (None: another split's answer, ignored)."""
         qid = rec["question_id"]
         multi = len(self.splits) > 1
-        if self.cfg["llava_combined_ids"]:
+        if self._combined:
             split, raw = split_llava_combined_id(qid)
             if split not in self.splits:
                 return None
@@ -192,10 +195,18 @@ class POPE(Benchmark):
             return f"{category}/{qid}" if multi else qid
         return qid
 
+    def _uses_combined_ids(self, records: list[dict]) -> bool:
+        """Whether answer ids are LLaVA combined ids: as configured, or (auto) any id >= 10,000,000."""
+        setting = self.cfg["llava_combined_ids"]
+        if setting != "auto":
+            return bool(setting)
+        return any(str(r["question_id"]).isdigit() and int(r["question_id"]) >= LLAVA_COMBINED_OFFSET
+                   for r in records)
+
     def _mismatch_hint(self, got: set[str]) -> str:
         """A suggestion when answer ids fit another reading of the benchmark (combined ids, version)."""
         c = self.cfg
-        if not c["llava_combined_ids"] and any(k.isdigit() and int(k) >= LLAVA_COMBINED_OFFSET for k in got):
+        if not self._combined and any(k.isdigit() and int(k) >= LLAVA_COMBINED_OFFSET for k in got):
             return ("the ids look like LLaVA's combined llava_pope_test.jsonl ids: set "
                     "benchmark.llava_combined_ids=true (and benchmark.version=2023-08)")
         if c["question_file"] is None and c["dataset"] == "coco" and len(self.splits) == 1:
@@ -215,7 +226,9 @@ class POPE(Benchmark):
                 rec = normalise_record(rec, self.cfg["answer_key"], self.cfg["id_key"], f"{source}, record {i + 1}")
             return rec
 
-        by_id = index_by_id((normalised(i, r) for i, r in enumerate(records)), source, key=self.answer_id)
+        records = [normalised(i, r) for i, r in enumerate(records)]
+        self._combined = self._uses_combined_ids(records)
+        by_id = index_by_id(records, source, key=self.answer_id)
         try:
             match_ids([it.question_id for it in items], by_id, source)
         except AnswerMismatchError as e:
@@ -245,12 +258,17 @@ class POPE(Benchmark):
             per_split[split] = m
 
         if len(self.splits) == 1:
-            return per_split[self.splits[0]]
+            out1 = per_split[self.splits[0]]
+            if self._combined:
+                out1["id_format"] = "llava_combined"
+            return out1
         out: dict[str, Any] = dict(per_split)
         for key in MEAN_KEYS:
             out[f"mean_{key}"] = sum(per_split[s][key] for s in self.splits) / len(self.splits)
             out[key] = out[f"mean_{key}"]
         out["n"] = sum(per_split[s]["n"] for s in self.splits)
         out["unparsed"] = sum(per_split[s]["unparsed"] for s in self.splits)
+        if self._combined:
+            out["id_format"] = "llava_combined"
         return out
 

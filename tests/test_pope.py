@@ -183,7 +183,11 @@ def test_mismatch_hints_name_the_fitting_version_and_combined_ids():
         _POPE({"split": "random"}).score(recs)
     combined = [{"question_id": 10_000_000 + r["question_id"], "answer": "Yes"} for r in rows]
     with pytest.raises(AnswerMismatchError, match="llava_combined_ids=true"):
-        _POPE({"split": "random", "version": "2023-08"}).score(combined)
+        _POPE({"split": "random", "version": "2023-08", "llava_combined_ids": False}).score(combined)
+    auto = _POPE({"split": "random", "version": "2023-08"}).score(combined)  # auto-detected
+    assert auto["n"] == 2910 and auto["id_format"] == "llava_combined"
+    with pytest.raises(AnswerMismatchError, match="benchmark.version=2023-08"):
+        _POPE({"split": "random"}).score(combined)  # LLaVA's file answers the 2023-08 questions
     other = [{"question_id": r["question_id"], "answer": "No", "category": "popular"} for r in rows]
     got = _POPE({"split": "random", "version": "2023-08"}).score(recs + other)
     assert got["n"] == 2910 and got["yes_ratio"] == 100.0
