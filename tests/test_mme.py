@@ -173,3 +173,24 @@ def test_llava_style_answers_are_joined_by_question(tmp_path):
     assert s["n"] == 240
     for sub in HALLUCINATION:
         assert (s[sub]["acc"], s[sub]["acc_plus"]) == (50.0, 0.0)
+
+
+def test_llava_full_answer_file_layout_scores_every_subtask(tmp_path):
+    """LLaVA's published MME answers: ids "<subtask>/[images/]<image>", prompts with LLaVA's suffix."""
+    from benchmarks.mme import IMAGES_SUBDIR, SUBTASKS, read_ground_truth
+
+    rows = []
+    for sub in SUBTASKS:
+        for image, question, label in read_ground_truth(sub):
+            folder = f"{sub}/images" if sub in IMAGES_SUBDIR else sub
+            prompt = question.replace(" Please answer yes or no.", "").replace("Please answer yes or no.", "")
+            rows.append({"question_id": f"{folder}/{image}",
+                         "prompt": prompt.strip() + "\nAnswer the question using a single word or phrase.",
+                         "text": label.capitalize(), "model_id": "llava-v1.5-13b", "metadata": {}})
+    path = tmp_path / "llava-v1.5-13b.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    bench = MME()
+    s = bench.score(bench.load_answers(path))
+    assert s["n"] == 2374 and s["missing_subtasks"] == []
+    assert all(s[sub]["score"] == 200.0 for sub in SUBTASKS)
+    assert round(s["perception"], 2) == 2000.0 and round(s["cognition"], 2) == 800.0
