@@ -10,8 +10,8 @@ class MissingImageError(FileNotFoundError):
     """An item's image file does not exist or cannot be read."""
 
 
-def load_image(path: str | None, question_id: object) -> Image.Image:
-    """The RGB image of an item; MissingImageError names the item and the path."""
+def check_image(path: str | None, question_id: object) -> Path:
+    """The image file of an item; MissingImageError names the item and the path when there is none."""
     if path is None:
         raise MissingImageError(
             f"item {question_id!r} has no image path: set the benchmark's image root "
@@ -20,6 +20,12 @@ def load_image(path: str | None, question_id: object) -> Image.Image:
     if not p.is_file():
         raise MissingImageError(f"item {question_id!r}: image not found: {p} "
                                 f"(set run.skip_missing=true to record it as skipped)")
+    return p
+
+
+def load_image(path: str | None, question_id: object) -> Image.Image:
+    """The RGB image of an item; MissingImageError names the item and the path."""
+    p = check_image(path, question_id)
     try:
         with Image.open(p) as im:
             return im.convert("RGB")

@@ -9,7 +9,7 @@ import torch
 from tqdm import tqdm
 
 from benchmarks.base import Item
-from harness.images import MissingImageError, load_image
+from harness.images import MissingImageError, check_image, load_image
 from harness.records import AnswerWriter, done_ids
 
 
@@ -30,6 +30,10 @@ def generate_answers(items: Sequence[Item], out_file: Path, adapter_factory: Cal
     pending = [it for it in items if str(it.question_id) not in done]
     if not pending:
         return 0
+    if not skip_missing:  # fail before loading a model (possibly a long download) when images are missing
+        for it in pending:
+            if it.image is None:
+                check_image(it.image_path, it.question_id)
     adapter = adapter_factory()
     intervention.setup(adapter)
     n = 0

@@ -146,3 +146,18 @@ def test_sweep_rows_land_in_the_store_and_plot(tmp_path):
     proc = run_cli(["scripts/leaderboard.py", "--store", str(store), "--out", str(out)])
     assert "alpha=0" in proc.stdout and "alpha=1" in proc.stdout
     assert (out / "leaderboard.html").exists() and (out / "leaderboard.csv").exists()
+
+
+def test_missing_images_fail_before_the_model_loads(tmp_path):
+    from benchmarks.base import Item
+    from harness.images import MissingImageError
+    from harness.runner import generate_answers
+
+    def never():
+        raise AssertionError("the model must not be loaded")
+
+    items = [Item(1, "q", str(tmp_path / "there.jpg")), Item(2, "q", str(tmp_path / "missing.jpg"))]
+    (tmp_path / "there.jpg").write_bytes(b"")
+    with pytest.raises(MissingImageError, match="missing.jpg"):
+        generate_answers(items, tmp_path / "a.jsonl", never, None, {}, {}, batch_size=2)
+    assert not (tmp_path / "a.jsonl").exists()
