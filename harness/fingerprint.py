@@ -25,7 +25,8 @@ def make_fingerprint(model_cfg: Mapping, intervention: Any, decoding: Mapping, s
                      benchmark_cfg: Mapping) -> dict:
     """A JSON-able fingerprint of a run and its short hash under `hash`."""
     fp = {
-        "model": {k: model_cfg.get(k) for k in ("name", "family", "path", "tiny", "dtype", "adapter")},
+        "model": {k: model_cfg.get(k) for k in ("name", "family", "path", "tiny", "tiny_seed", "dtype", "adapter",
+                                                 "prompt_template", "system_prompt")},
         "intervention": {"name": intervention.name, "params": intervention.params()},
         "decoding": dict(decoding),
         "seed": seed,
