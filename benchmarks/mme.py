@@ -112,6 +112,14 @@ class MME(Benchmark):
     task = "yes_no"
     headline_metrics = ("hallucination_total", "perception", "cognition")
 
+    def label(self) -> str:
+        """'mme', 'mme/hallucination' for the four hallucination subtasks, else 'mme/<subtasks>'."""
+        if not self.explicit_subtasks:
+            return "mme"
+        if set(self.subtasks) == set(HALLUCINATION):
+            return "mme/hallucination"
+        return "mme/" + "+".join(self.subtasks)
+
     def __init__(self, cfg: Mapping[str, Any] | None = None):
         super().__init__({**DEFAULTS, **dict(cfg or {})})
         chosen = self.cfg["subtasks"]
@@ -246,6 +254,10 @@ class MME(Benchmark):
             return rec
 
         by_id = index_by_id((normalised(i, r) for i, r in enumerate(records)), source)
+        ignored = 0
+        if self.explicit_subtasks:  # a full run's answers scored on a subset: the rest is not an error
+            keep = {k: v for k, v in by_id.items() if k.split("/")[0] not in SUBTASKS or k.split("/")[0] in self.subtasks}
+            ignored, by_id = len(by_id) - len(keep), keep
         present = [s for s in self.subtasks if any(k.startswith(s + "/") for k in by_id)]
         missing_subtasks = [s for s in self.subtasks if s not in present]
         if self.explicit_subtasks or not present:
@@ -277,20 +289,23 @@ class MME(Benchmark):
             per[subtask] = {"acc": acc, "acc_plus": acc_plus, "score": acc + acc_plus, "n": n, "unparsed": other}
             unparsed += other
 
-        def total(group: tuple[str, ...], rounded: bool = False) -> float | None:
+        def total(group: tuple[str, ...], rounded: bool = False, partial: bool = False) -> float | None:
             scored = [s for s in group if s in per]
-            if not scored:
-                return None
+            if not scored or (len(scored) < len(group) and not partial):
+                return None  # a total over part of its subtasks is not that total
             return sum(round(per[s]["score"], 2) if rounded else per[s]["score"] for s in scored)
 
         groups = {"perception": PERCEPTION, "cognition": COGNITION, "hallucination_total": HALLUCINATION}
         out: dict[str, Any] = {key: total(g) for key, g in groups.items()}
         out["leaderboard_totals"] = {key: (None if total(g, True) is None else round(total(g, True), 2))
                                      for key, g in groups.items()}
+        out["partial_totals"] = {key: total(g, partial=True) for key, g in groups.items()
+                                 if out[key] is None and total(g, partial=True) is not None}
         out.update(per)
         out["n"] = sum(p["n"] for p in per.values())
         out["unparsed"] = unparsed
         out["subtasks_scored"] = present
         out["missing_subtasks"] = missing_subtasks
         out["gt_disagreements"] = disagreements
+        out["ignored_other_subtasks"] = ignored
         return out

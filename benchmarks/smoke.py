@@ -56,6 +56,9 @@ class SmokeBenchmark(Benchmark):
                     for r in records if items[str(r["question_id"])].meta["kind"] == "caption"]
         scores = dict(self._chair().score(captions, source=source)) if captions else {}
         scores.pop("n_outside_image_set", None)  # the smoke images are not a CHAIR image set
+        scores.pop("unparsed", None)  # CHAIR has no parse step
+        if "n" in scores:
+            scores["chair_n"] = scores.pop("n")
         parser = get_parser(self.cfg.get("parser", "llava"))
         yn = [(parser(r["answer"], items[str(r["question_id"])].meta["label"]), items[str(r["question_id"])].meta["label"])
               for r in records if items[str(r["question_id"])].meta["kind"] == "yes_no"]

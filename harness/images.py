@@ -14,8 +14,8 @@ def check_image(path: str | None, question_id: object) -> Path:
     """The image file of an item; MissingImageError names the item and the path when there is none."""
     if path is None:
         raise MissingImageError(
-            f"item {question_id!r} has no image path: set the benchmark's image root "
-            f"(e.g. benchmark.image_root=/data/coco/val2014)")
+            f"item {question_id!r} has no image path: set the benchmark's image folder "
+            f"(benchmark.image_root=/data/coco/val2014; for MME benchmark.root=/data/MME_Benchmark_release_version)")
     p = Path(path)
     if not p.is_file():
         raise MissingImageError(f"item {question_id!r}: image not found: {p} "

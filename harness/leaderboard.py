@@ -9,33 +9,59 @@ from typing import Sequence
 import pandas as pd
 
 
+def latest_rows(rows: Sequence[dict]) -> list[dict]:
+    """The latest store row per (model, intervention, setting, benchmark): metrics of two runs never mix."""
+    latest: dict = {}
+    for r in sorted(rows, key=lambda r: r.get("time", "")):
+        key = (r["model"], r.get("intervention_label") or r["intervention"], r.get("setting", ""), r["benchmark"])
+        latest[key] = r
+    return list(latest.values())
+
+
 def leaderboard_frame(rows: Sequence[dict], metrics: Sequence[str] | None = None) -> pd.DataFrame:
-    """A table indexed by (model, intervention) with (benchmark, metric) columns; the latest run wins."""
-    recs = []
-    for r in rows:
-        keep = metrics or r.get("headline") or sorted(r.get("metrics", {}))
+    """A table indexed by (model, intervention, setting) with (benchmark, metric) columns.
+
+    Each cell comes from the latest run of its row and benchmark; `n` (items scored) is shown
+    beside each benchmark's metrics so partial runs stand out.
+    """
+    recs, order = [], []
+    for r in latest_rows(rows):
+        keep = list(metrics or r.get("headline") or sorted(r.get("metrics", {})))
+        if "n" in r.get("metrics", {}) and "n" not in keep:
+            keep.append("n")
         for m in keep:
             if m in r.get("metrics", {}):
                 recs.append({"model": r["model"], "intervention": r.get("intervention_label") or r["intervention"],
-                             "benchmark": r["benchmark"], "metric": m, "value": r["metrics"][m], "time": r["time"]})
+                             "setting": r.get("setting", ""), "benchmark": r["benchmark"], "metric": m,
+                             "value": r["metrics"][m]})
+                order.append((r["benchmark"], m))
     if not recs:
         return pd.DataFrame()
-    df = pd.DataFrame(recs).sort_values("time")
-    df = df.drop_duplicates(["model", "intervention", "benchmark", "metric"], keep="last")
-    order = list(dict.fromkeys(zip(df["benchmark"], df["metric"])))
-    table = df.pivot_table(index=["model", "intervention"], columns=["benchmark", "metric"], values="value",
-                           aggfunc="last")
-    return table.reindex(columns=pd.MultiIndex.from_tuples(order, names=["benchmark", "metric"]))
+    df = pd.DataFrame(recs)
+    benches = sorted(dict.fromkeys(b for b, _ in order))
+    heads = {r["benchmark"]: list(metrics or r.get("headline") or []) for r in rows}
+
+    def rank(b: str, m: str) -> tuple:  # headline order, then other metrics, then n
+        h = heads.get(b, [])
+        return (m == "n", h.index(m) if m in h else len(h), m)
+
+    columns = [(b, m) for b in benches for m in sorted(dict.fromkeys(m for bb, m in order if bb == b),
+                                                        key=lambda m, b=b: rank(b, m))]
+    table = df.pivot_table(index=["model", "intervention", "setting"], columns=["benchmark", "metric"],
+                           values="value", aggfunc="last")
+    return table.reindex(columns=pd.MultiIndex.from_tuples(columns, names=["benchmark", "metric"]))
 
 
 def to_markdown(table: pd.DataFrame, digits: int = 2) -> str:
     """A GitHub Markdown table (no extra dependency)."""
     if table.empty:
         return "(no results yet)\n"
-    heads = ["model", "intervention"] + [f"{b} {m}" for b, m in table.columns]
+    heads = ["model", "intervention", "setting"] + [f"{b} {m}" for b, m in table.columns]
     lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
-    for (model, interv), vals in table.iterrows():
-        cells = [str(model), str(interv)] + ["" if pd.isna(v) else f"{v:.{digits}f}" for v in vals]
+    for (model, interv, setting), vals in table.iterrows():
+        cells = [str(model), str(interv), str(setting)] + [
+            "" if pd.isna(v) else (f"{int(v)}" if m == "n" else f"{v:.{digits}f}")
+            for (_, m), v in zip(table.columns, vals)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

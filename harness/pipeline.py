@@ -10,7 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from harness.fingerprint import make_fingerprint
 from harness.registry import BENCHMARKS
-from harness.results import add_result, read_results, result_row
+from harness.results import add_result, read_results, result_row, setting_label
 from harness.sharding import merge_shards, shard_file, shard_items, shard_world
 
 log = logging.getLogger("halluc_bench")
@@ -44,7 +44,9 @@ def score_and_store(bench: Any, records: list[dict], source: str, run_dir: Path,
     if skipped:
         scores["skipped"] = len(skipped)
     (run_dir / "scores.json").write_text(json.dumps(scores, indent=2, default=str) + "\n")
-    row = result_row(cfg["model"], intervention, bench, scores, fingerprint, source, run_dir)
+    setting = "" if intervention is None else setting_label(
+        cfg["decoding"], cfg.get("seed"), cfg["run"].get("limit") or cfg["benchmark"].get("limit"))
+    row = result_row(cfg["model"], intervention, bench, scores, fingerprint, source, run_dir, setting)
     add_result(cfg["results_store"], row)
     return scores
 

@@ -42,11 +42,32 @@ def read_results(store: str | Path) -> list[dict]:
     return read_jsonl(store, drop_partial_tail=True) if store.exists() else []
 
 
+def setting_label(decoding: dict | None, seed: int | None, limit: int | None) -> str:
+    """A short label of what else shapes a run's answers: non-greedy decoding, its seed, an item limit.
+
+    `decoding` is the decoding config as given (max_new_tokens null unless the user set it).
+    """
+    parts = []
+    d = dict(decoding or {})
+    strategy = d.get("strategy", "greedy")
+    if strategy == "sample":
+        parts.append(f"sample T={d.get('temperature', 1.0)} p={d.get('top_p', 1.0)}"
+                     + (f" k={d['top_k']}" if d.get("top_k") else "") + f" seed={seed}")
+    elif strategy == "beam":
+        parts.append(f"beam {d.get('num_beams', 5)}")
+    if d.get("max_new_tokens"):
+        parts.append(f"max_new_tokens={d['max_new_tokens']}")
+    if limit:
+        parts.append(f"first {limit}")
+    return ", ".join(parts)
+
+
 def result_row(model_cfg: dict, intervention: Any, bench: Any, scores: dict, fingerprint: dict | None,
-               answers_path: str | Path, run_dir: str | Path) -> dict:
+               answers_path: str | Path, run_dir: str | Path, setting: str = "") -> dict:
     """The store row for one scored run."""
     return {
         "model": model_cfg.get("name"),
+        "setting": setting,
         "intervention": intervention.name if intervention is not None else "external",
         "params": intervention.params() if intervention is not None else {},
         "intervention_label": intervention.label() if intervention is not None else "external answers",

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -11,6 +12,8 @@ from tqdm import tqdm
 from benchmarks.base import Item
 from harness.images import MissingImageError, check_image, load_image
 from harness.records import AnswerWriter, done_ids
+
+log = logging.getLogger("halluc_bench")
 
 
 def batch_seed(seed: int, first_id: Any) -> int:
@@ -28,6 +31,9 @@ def generate_answers(items: Sequence[Item], out_file: Path, adapter_factory: Cal
     """
     done = done_ids(out_file)
     pending = [it for it in items if str(it.question_id) not in done]
+    if done:
+        log.info("resuming %s: %d of %d items already answered, %d to go", out_file,
+                 len(items) - len(pending), len(items), len(pending))
     if not pending:
         return 0
     if not skip_missing:  # fail before loading a model (possibly a long download) when images are missing

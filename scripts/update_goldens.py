@@ -16,8 +16,11 @@ import torch  # noqa: E402
 from harness.golden import GOLDEN_FILE, GOLDEN_RUNS, golden_scores  # noqa: E402
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
+    import argparse
+
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
     torch.set_num_threads(1)
     out = {}
     for label in GOLDEN_RUNS:

@@ -71,8 +71,9 @@ def test_partial_folders(tmp_path):
     s = rescore(tmp_path)
     assert s["subtasks_scored"] == list(HALLUCINATION)
     assert s["missing_subtasks"] == [x for x in SUBTASKS if x not in HALLUCINATION]
-    assert round(s["hallucination_total"], 2) == 411.67 and s["perception"] == s["hallucination_total"]
-    assert s["cognition"] is None
+    assert round(s["hallucination_total"], 2) == 411.67
+    assert s["perception"] is None and s["cognition"] is None  # only 4 of 10 perception subtasks
+    assert s["partial_totals"] == {"perception": s["hallucination_total"]}
     assert round(rescore(tmp_path, {"subtasks": list(HALLUCINATION)})["hallucination_total"], 2) == 411.67
     with pytest.raises(AnswerMismatchError, match="missing 40: OCR"):  # a selected subtask is absent
         rescore(tmp_path, {"subtasks": ["existence", "OCR", "count", "position", "color"]})
@@ -194,3 +195,11 @@ def test_llava_full_answer_file_layout_scores_every_subtask(tmp_path):
     assert s["n"] == 2374 and s["missing_subtasks"] == []
     assert all(s[sub]["score"] == 200.0 for sub in SUBTASKS)
     assert round(s["perception"], 2) == 2000.0 and round(s["cognition"], 2) == 800.0
+
+
+def test_subset_scores_a_full_answer_set_and_labels_itself():
+    full = MME({"subtasks": list(HALLUCINATION)})
+    s = full.score(full.load_answers(LAVIN))
+    assert round(s["hallucination_total"], 2) == 411.67 and s["ignored_other_subtasks"] == 2374 - 240
+    assert full.label() == "mme/hallucination" and MME().label() == "mme"
+    assert MME({"subtasks": ["OCR"]}).label() == "mme/OCR"

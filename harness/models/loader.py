@@ -1,6 +1,7 @@
 """Load a model adapter from a model config: a hub id or local folder, or a tiny offline variant."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Mapping
 
 import torch
@@ -26,6 +27,11 @@ def load_adapter(cfg: Mapping[str, Any]) -> VLMAdapter:
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     path = cfg.get("path")
+    if cfg.get("tiny") and path:
+        raise ValueError(f"model {cfg.get('name')!r}: set either model.tiny (an offline tiny model) or model.path "
+                         f"(a checkpoint), not both; use model.tiny=null to load {path!r}")
+    if path and str(path).startswith(("/", "./", "../", "~")) and not Path(str(path)).expanduser().exists():
+        raise FileNotFoundError(f"model.path={path!r}: no such local folder (hub ids look like 'org/name')")
     if cfg.get("tiny"):
         from harness.models.tiny import ensure_tiny_model
 
