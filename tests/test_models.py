@@ -45,3 +45,12 @@ def test_prompt_templates(tiny_adapters):
 def test_unknown_site_names_the_family(tiny_adapters):
     with pytest.raises(KeyError, match="llava"):
         tiny_adapters["tiny_llava"].site("no_such_site")
+
+
+def test_model_path_errors_are_clear(tmp_path):
+    from harness.models.loader import load_adapter
+
+    with pytest.raises(ValueError, match="either model.tiny .* or model.path"):
+        load_adapter({"name": "x", "family": "llava", "tiny": "tiny_llava", "path": str(tmp_path)})
+    with pytest.raises(FileNotFoundError, match="no such local folder"):
+        load_adapter({"name": "x", "family": "llava", "tiny": None, "path": str(tmp_path / "missing")})
