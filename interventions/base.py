@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 from harness.registry import INTERVENTIONS
@@ -122,5 +123,14 @@ def build_intervention(cfg: Mapping[str, Any] | None) -> Intervention:
         members = cfg.get("members") or []
         if not members:
             raise ValueError("intervention.members is empty: give a list of intervention configs to compose")
-        return Composite([build_intervention(dict(m)) for m in members])
+        return Composite([build_intervention({**member_defaults(dict(m).get("name", "none")), **dict(m)})
+                          for m in members])
     return INTERVENTIONS.get(name)(cfg)
+
+
+def member_defaults(name: str) -> dict:
+    """The defaults of `configs/intervention/<name>.yaml`, so a composed member equals the same choice alone."""
+    import yaml
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "intervention" / f"{name}.yaml"
+    return dict(yaml.safe_load(path.read_text()) or {}) if path.exists() else {}

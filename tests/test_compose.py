@@ -68,3 +68,13 @@ def test_two_decoding_engines_do_not_compose(tiny_adapters, coco_images):
     with pytest.raises(ValueError, match="two decoding engines"):
         with iv.session(a, a.prepare(coco_images[:1], ["Hi"])):
             pass
+
+
+def test_a_composed_member_equals_the_same_choice_alone():
+    from omegaconf import OmegaConf
+
+    from conftest import ROOT
+
+    alone = build_intervention(OmegaConf.to_container(OmegaConf.load(ROOT / "configs/intervention/vcd.yaml")))
+    member = build_intervention({"name": "compose", "members": [{"name": "vcd"}]}).members[0]
+    assert member.params() == alone.params() and member.label() == alone.label()
