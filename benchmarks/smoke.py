@@ -52,16 +52,16 @@ class SmokeBenchmark(Benchmark):
         """CHAIR metrics over the captions and POPE metrics (prefixed pope_) over the yes/no answers."""
         items = {str(it.question_id): it for it in self.items()}
         match_ids(items, [r["question_id"] for r in records], source)
-        captions = [{"question_id": items[str(r["question_id"])].meta["coco_id"], "answer": r["answer"]}
-                    for r in records if items[str(r["question_id"])].meta["kind"] == "caption"]
+        pairs = [(r, items[str(r["question_id"])].meta) for r in records]
+        captions = [{"question_id": meta["coco_id"], "answer": r["answer"]} for r, meta in pairs
+                    if meta["kind"] == "caption"]
         scores = dict(self._chair().score(captions, source=source)) if captions else {}
         scores.pop("n_outside_image_set", None)  # the smoke images are not a CHAIR image set
         scores.pop("unparsed", None)  # CHAIR has no parse step
         if "n" in scores:
             scores["chair_n"] = scores.pop("n")
         parser = get_parser(self.cfg.get("parser", "llava"))
-        yn = [(parser(r["answer"], items[str(r["question_id"])].meta["label"]), items[str(r["question_id"])].meta["label"])
-              for r in records if items[str(r["question_id"])].meta["kind"] == "yes_no"]
+        yn = [(parser(r["answer"], meta["label"]), meta["label"]) for r, meta in pairs if meta["kind"] == "yes_no"]
         if yn:
             m = binary_metrics([p.pred for p, _ in yn], [label for _, label in yn])
             scores.update({f"pope_{k}": v for k, v in m.items()})
