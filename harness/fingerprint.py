@@ -30,7 +30,7 @@ def make_fingerprint(model_cfg: Mapping, intervention: Any, decoding: Mapping, s
         "intervention": {"name": intervention.name, "params": intervention.params()},
         "decoding": dict(decoding),
         "seed": seed,
-        "attn_implementation": model_cfg.get("attn_implementation") or "eager",
+        "attn_implementation": model_cfg.get("attn_implementation") or "sdpa",
         "benchmark": dict(benchmark_cfg),
         "versions": package_versions(),
     }

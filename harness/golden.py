@@ -9,13 +9,15 @@ from hydra import compose, initialize_config_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN_FILE = ROOT / "tests" / "golden" / "tiny_smoke_scores.json"
-#: (label, overrides) of the golden runs
-GOLDEN_RUNS = {
-    "tiny_llava": ["model=tiny_llava"],
-    "tiny_llava_next": ["model=tiny_llava_next"],
-    "tiny_instructblip": ["model=tiny_instructblip"],
-    "tiny_blip2": ["model=tiny_blip2"],
-}
+
+
+def golden_runs() -> dict[str, list[str]]:
+    """(label, overrides) of the golden runs: the tiny model of every registered family."""
+    from harness.models.tiny import tiny_names
+
+    return {name: [f"model={name}"] for name in tiny_names()}
+
+
 #: the metrics compared (CHAIR over captions, POPE over yes/no questions)
 GOLDEN_METRICS = ("CHAIRs", "CHAIRi", "Recall", "Len", "pope_accuracy", "pope_f1", "pope_yes_ratio")
 
@@ -25,7 +27,7 @@ def golden_scores(label: str, work_dir: Path) -> dict:
     from harness.pipeline import run_job
 
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[*GOLDEN_RUNS[label], "benchmark=smoke",
+        cfg = compose(config_name="config", overrides=[*golden_runs()[label], "benchmark=smoke",
                                                        f"results_store={work_dir / 'results.jsonl'}"])
     scores = run_job(cfg, work_dir)
     out = {k: round(float(scores[k]), 4) for k in GOLDEN_METRICS}

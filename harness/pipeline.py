@@ -71,6 +71,10 @@ def run_job(cfg: DictConfig, run_dir: Path) -> dict | None:
         return scores
 
     intervention = build_intervention(c["intervention"])
+    if intervention.name != "none":  # model-dependent defaults, so labels and fingerprints say what runs
+        from harness.models.loader import load_model_info
+
+        intervention.resolve(load_model_info(c["model"]))
     decoding = dict(c["decoding"])
     if not decoding.get("max_new_tokens"):
         decoding["max_new_tokens"] = c["benchmark"].get("max_new_tokens") or 64

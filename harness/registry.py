@@ -1,4 +1,4 @@
-"""Registries by name for model adapters, benchmarks and interventions."""
+"""Registries by name for model families, benchmarks and interventions."""
 from __future__ import annotations
 
 import importlib
@@ -68,4 +68,4 @@ INTERVENTIONS: Registry = Registry(
         "interventions.first_token_probe",
     ),
 )
-ADAPTERS: Registry = Registry("model family", ("harness.models.families",))
+FAMILIES: Registry = Registry("model family", ("harness.models.families",))

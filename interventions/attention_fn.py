@@ -186,6 +186,22 @@ def edit_attention_logits(modules: Iterable[nn.Module], edit: Edit | None = None
             _STATES.pop(key, None)
 
 
+@contextmanager
+def eager_attention(modules: Iterable[nn.Module]) -> Iterator[None]:
+    """Inside the block these attention modules compute eager attention and return their weights (for hooks
+    that read them), while every other layer keeps its kernel (SDPA in plain runs). Modules may belong to
+    several configs (language model, vision tower, Q-Former)."""
+    from contextlib import ExitStack
+
+    groups: dict[int, list[nn.Module]] = {}
+    for m in modules:
+        groups.setdefault(id(getattr(m, "config", None)), []).append(m)
+    with ExitStack() as stack:
+        for group in groups.values():
+            stack.enter_context(edit_attention_logits(group))
+        yield
+
+
 def _set_impl(config: Any, value: str | None) -> None:
     # the internal attribute: the public setter would also recurse into sub-configs
     if hasattr(config, "_attn_implementation_internal"):

@@ -1,6 +1,7 @@
 """The intervention contract: a training-free change to how a model answers, applied per batch."""
 from __future__ import annotations
 
+import math
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,10 +38,27 @@ class Intervention:
 
     def __init__(self, cfg: Mapping[str, Any] | None = None):
         self.cfg = dict(cfg or {})
+        check_numbers(self.name, self.cfg)
+        self.resolved_for: Any = None  # the model the parameters were resolved against
 
     def params(self) -> dict:
-        """The parameters that identify this intervention in fingerprints and leaderboards."""
+        """The parameters that identify this intervention in fingerprints and leaderboards (resolved values
+        once `resolve` ran: what runs, not what was asked)."""
         return {k: v for k, v in sorted(self.cfg.items()) if k != "name" and not k.startswith("_")}
+
+    def model_defaults(self, model: Any) -> dict:
+        """Values for parameters left null that depend on the model (a ModelInfo: family object, HF config)."""
+        return {}
+
+    def resolve(self, model: Any) -> None:
+        """Fill the null parameters with this model's defaults, so params() reports what runs (idempotent)."""
+        if self.resolved_for is model:
+            return
+        for key, value in self.model_defaults(model).items():
+            if self.cfg.get(key) is None:
+                self.cfg[key] = value
+        check_numbers(self.name, self.cfg)
+        self.resolved_for = model
 
     def label(self) -> str:
         """A short human-readable label: name plus parameters."""
@@ -72,6 +90,11 @@ class Composite(Intervention):
     def label(self) -> str:
         """The members' labels joined with ' + '."""
         return " + ".join(m.label() for m in self.members)
+
+    def resolve(self, model: Any) -> None:
+        """Resolve every member."""
+        for m in self.members:
+            m.resolve(model)
 
     def setup(self, adapter: Any) -> None:
         """Set up every member."""
@@ -105,6 +128,13 @@ class Composite(Intervention):
 
             merged.postprocess = finish
             yield merged
+
+
+def check_numbers(name: str, cfg: Mapping[str, Any]) -> None:
+    """Raise a ValueError naming `intervention.<key>` for a NaN or infinite number (it would run silently)."""
+    for key, value in cfg.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"intervention.{key}={value} ({name}): must be a finite number")
 
 
 def merge_row_info(infos: list[list[dict] | None]) -> list[dict] | None:

@@ -1,13 +1,16 @@
 """One contrastive-decoding engine for every family: the original and a contrastive view decoded together.
 
 Used by `damro` and `vcd` through `GenerationPlan.generate_fn`. An intervention supplies the two views of a
-batch as merged input embeddings (`View`: text embeddings with the image features scattered into the image
-token positions, left-padded, with their attention mask); the engine then
+batch (`View`: left-padded prompt ids, their mask and the family's image encoding of the rows' images, see
+`interventions.contrastive_views`); the engine then
 
 1. stacks them into ONE batch of 2B rows (rows 0..B-1 original, B..2B-1 contrastive), left-padding the
-   shorter view (DAMRO's contrastive view has fewer image tokens); position ids come from each row's own
-   attention mask (`cumsum - 1`, as `generate` computes them), so padding never shifts a row;
-2. prefills both views in one forward and keeps one KV cache whose rows are the two views;
+   shorter view (DAMRO's contrastive view has fewer image tokens); position ids come from the model's family
+   (`ModelFamily.position_ids`: each row's own `cumsum - 1` as `generate` computes them, or Qwen's M-RoPE
+   positions over the image grid), so padding never shifts a row;
+2. prefills both views in one forward of the model itself with the image encodings (`ModelFamily.prefill`:
+   the model merges the features, builds its masks and deepstack inputs), keeps one KV cache whose rows are
+   the two views, and advances every position axis by one per step;
 3. per step combines the last-position logits of each row pair (raw float32 logits `lo`, `lc`), exactly as
    VCD `vcd_utils/vcd_sample.py` and DAMRO `sample_method/sample.py` do:
 
@@ -34,7 +37,7 @@ Hooks other interventions install on the language model see the 2B rows (origina
 that order (not repeat-interleaved like beams); while the engine runs, `active_rows()` describes them (the
 stacked prompt ids, whose image tokens mark where each row's image features sit).
 
-The family helpers that build the views live in `interventions.contrastive_views` and are re-exported here.
+The view builders live in `interventions.contrastive_views` and are re-exported here.
 """
 from __future__ import annotations
 
@@ -44,15 +47,12 @@ from typing import Any, Sequence
 import torch
 
 from harness.models.adapter import generation_kwargs
-from interventions.contrastive_views import (BLIP_FAMILIES, SUPPORTED_FAMILIES, View, check_family,
-                                             concat_vision_inputs, image_features, language_model, lm_forward,
-                                             merge_embeddings, qformer_features, shrink_image_tokens,
-                                             view_from_features, views_from_pixels, vision_inputs)
+from interventions.contrastive_views import (View, batch_view, encode, left_pad, shrink_image_tokens, stack_views,
+                                             text_only_view, views_from_pixels)
 
-__all__ = ["BLIP_FAMILIES", "SUPPORTED_FAMILIES", "ContrastiveIntervention", "View", "active_rows",
-           "build_processors", "check_family", "concat_vision_inputs", "contrast_logits", "contrastive_generate",
-           "image_features", "language_model", "lm_forward", "merge_embeddings", "qformer_features",
-           "shrink_image_tokens", "stack_views", "view_from_features", "views_from_pixels", "vision_inputs"]
+__all__ = ["ContrastiveIntervention", "View", "active_rows", "batch_view", "build_processors", "contrast_logits",
+           "contrastive_generate", "encode", "left_pad", "shrink_image_tokens", "stack_views", "text_only_view",
+           "views_from_pixels"]
 
 _ACTIVE_ROWS: ContextVar = ContextVar("contrastive_rows", default=None)
 _EXTRA_KEYS = {"max_new_tokens", "pad_token_id", "eos_token_id", "repetition_penalty", "min_new_tokens",
@@ -66,21 +66,6 @@ def active_rows() -> dict | None:
     -1 where a view has no ids), "attention_mask": [V*B, L] at prefill}. Row v*B + i is view v of item i.
     """
     return _ACTIVE_ROWS.get()
-
-
-def stack_views(views: Sequence[View], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The views' rows in one batch, each left-padded (zero embeddings, mask 0, pad id) to the longest."""
-    width = max(v.inputs_embeds.shape[1] for v in views)
-    embeds, masks, ids = [], [], []
-    for v in views:
-        b, length, d = v.inputs_embeds.shape
-        extra = width - length
-        embeds.append(torch.cat([v.inputs_embeds.new_zeros(b, extra, d), v.inputs_embeds], dim=1))
-        masks.append(torch.cat([v.attention_mask.new_zeros(b, extra), v.attention_mask], dim=1))
-        vid = v.input_ids if v.input_ids is not None else torch.full(
-            (b, length), -1, dtype=torch.long, device=v.attention_mask.device)
-        ids.append(torch.cat([vid.new_full((b, extra), pad_id), vid], dim=1))
-    return torch.cat(embeds), torch.cat(masks), torch.cat(ids)
 
 
 # ---- the contrast ---------------------------------------------------------------------------------------------
@@ -97,7 +82,7 @@ def contrast_logits(lo: torch.Tensor, lc: torch.Tensor, alpha: float, beta: floa
 
 
 def _eos_ids(adapter: Any, override: Any) -> list[int]:
-    eos = override if override is not None else language_model(adapter).generation_config.eos_token_id
+    eos = override if override is not None else adapter.spec.language_model(adapter).generation_config.eos_token_id
     if eos is None:
         return []
     return [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])]
@@ -161,29 +146,31 @@ def contrastive_generate(adapter: Any, input_ids: torch.Tensor, views: Sequence[
     eos = _eos_ids(adapter, kw.get("eos_token_id"))
     b = input_ids.shape[0]
     for v in views:
-        if v.inputs_embeds.shape[0] != b:
-            raise ValueError(f"every view needs {b} rows, got {v.inputs_embeds.shape[0]}")
+        if v.input_ids.shape[0] != b:
+            raise ValueError(f"every view needs {b} rows, got {v.input_ids.shape[0]}")
     procs = build_processors(kw, input_ids.shape[1], eos, logits_processors or [], do_sample, reference_sampling)
 
     with torch.inference_mode():
-        embeds, mask, row_ids = stack_views(views, pad_id)
-        token = _ACTIVE_ROWS.set({"num_views": len(views), "batch_size": b, "input_ids": row_ids,
-                                  "attention_mask": mask})
+        stacked = stack_views(adapter, views, pad_id)
+        token = _ACTIVE_ROWS.set({"num_views": len(views), "batch_size": b, "input_ids": stacked.input_ids,
+                                  "attention_mask": stacked.attention_mask})
         try:
-            ids, scores_out = _decode(adapter, input_ids, embeds, mask, procs, alpha, beta, do_sample, max_new,
+            ids, scores_out = _decode(adapter, input_ids, stacked, procs, alpha, beta, do_sample, max_new,
                                       pad_id, eos, len(views), return_scores)
         finally:
             _ACTIVE_ROWS.reset(token)
     return (ids, scores_out) if return_scores else ids
 
 
-def _decode(adapter, input_ids, embeds, mask, procs, alpha, beta, do_sample, max_new, pad_id, eos, n_views,
+def _decode(adapter, input_ids, stacked, procs, alpha, beta, do_sample, max_new, pad_id, eos, n_views,
             return_scores):
     """The prefill and the token loop of `contrastive_generate` (rows: n_views blocks of B)."""
+    spec = adapter.spec
     b = input_ids.shape[0]
-    pos = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
-    out = lm_forward(adapter, inputs_embeds=embeds, attention_mask=mask, position_ids=pos)
-    cache = out.past_key_values
+    mask = stacked.attention_mask
+    pos = spec.position_ids(adapter, stacked.input_ids, mask, stacked.image_kwargs)
+    out = spec.prefill(adapter, stacked.input_ids, mask, pos, stacked.encoding, stacked.image_kwargs)
+    cache = out.cache
     seq = input_ids
     eos_t = torch.tensor(eos, dtype=input_ids.dtype, device=input_ids.device)
     unfinished = torch.ones(b, dtype=torch.bool, device=input_ids.device)
@@ -206,11 +193,10 @@ def _decode(adapter, input_ids, embeds, mask, procs, alpha, beta, do_sample, max
         if step == max_new - 1 or not bool(unfinished.any()):
             break
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=-1)
-        pos = pos[:, -1:] + 1
+        pos = spec.next_position_ids(pos)
         step_ids = tok.repeat(n_views)[:, None].to(mask.device)
-        out = lm_forward(adapter, input_ids=step_ids, attention_mask=mask, position_ids=pos,
-                         past_key_values=cache)
-        cache = out.past_key_values
+        out = spec.step(adapter, step_ids, mask, pos, cache)
+        cache = out.cache
     ids = torch.stack(new_tokens, dim=1) if new_tokens else input_ids.new_zeros(b, 0)
     return ids, scores_out
 

@@ -2,8 +2,11 @@
 encoder's high-attention "outlier" patches.
 
 The contrastive view is the same prompt whose image is represented only by the top-k patches the vision
-encoder's CLS token attends to most (`interventions.vision_attention`); decoding contrasts the two views with
-`interventions.contrastive` ((1+alpha)*logits - alpha*logits_cd with the beta plausibility cut).
+encoder's CLS token attends to most; decoding contrasts the two views with `interventions.contrastive`
+((1+alpha)*logits - alpha*logits_cd with the beta plausibility cut). The CLS-attention recipe and how kept
+patches become language-model features are the model family's (`ModelFamily.cls_patch_attention`,
+`topk_features`; recipes in `harness.models.vision_attention`). Families whose vision encoder has no CLS
+token (Qwen's ViT, SigLIP in LLaVA-OneVision / Gemma 3 / Idefics3) refuse with the reason.
 
 Reference behaviour (github.com/coder-gx/DAMRO, modified transformers 4.43 + `sample_method/sample.py`):
 - LLaVA-1.5 (`transformers-4.43.0/.../llava/modeling_llava.py`, `damro_topk` branch): hooks on the q_proj /
@@ -29,7 +32,7 @@ Reference behaviour (github.com/coder-gx/DAMRO, modified transformers 4.43 + `sa
   (default) applies the decoding config's processors and temperature/top-k/top-p after the contrast.
 - Per-model settings (`scrpits/run_generation.sh`, README): LLaVA-1.5 and LLaVA-NeXT alpha 2, topk 10;
   InstructBLIP alpha 0.5 (POPE) / 1.5 (CHAIR), topk 4; beta 0.1 everywhere. `alpha: null` / `topk: null`
-  take these family defaults (InstructBLIP: the POPE alpha).
+  take these family defaults (`ModelFamily.intervention_defaults("damro", ...)`; InstructBLIP: the POPE alpha).
 
 `alpha: 0` reproduces the baseline exactly (the engine then neither contrasts nor cuts).
 """
@@ -38,68 +41,10 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Any, Iterator, Mapping
 
-import torch
-
 from harness.registry import INTERVENTIONS
+from harness.models.vision_attention import topk_patches
 from interventions.base import GenerationPlan, Intervention
-from interventions.contrastive import (ContrastiveIntervention, View, check_family, image_features,
-                                       qformer_features, shrink_image_tokens, view_from_features, vision_inputs)
-from interventions.vision_attention import (blip_cls_attention, capture, clip_cls_attention, encoder_layer_index,
-                                            topk_patches)
-
-# DAMRO scrpits/run_generation.sh + README: (alpha, topk) per family; beta is 0.1 for all.
-FAMILY_DEFAULTS = {
-    "llava": {"alpha": 2.0, "topk": 10},
-    "llava_next": {"alpha": 2.0, "topk": 10},
-    "instructblip": {"alpha": 0.5, "topk": 4},
-    "blip2": {"alpha": 0.5, "topk": 4},  # not in the paper: InstructBLIP's setting (same vision encoder)
-}
-BLIP_ATTENTION_LAYER = -2  # an encoder block index: modeling_instructblip.py self.vision_model.encoder.layers[-2]
-
-
-def _clip_attention_paths(adapter: Any) -> dict:
-    cfg = adapter.model.config
-    if not isinstance(cfg.vision_feature_layer, int):
-        raise NotImplementedError("damro needs a single vision_feature_layer (this model concatenates several)")
-    if cfg.vision_feature_select_strategy != "default":
-        raise NotImplementedError("damro supports vision_feature_select_strategy='default' (CLS dropped) only")
-    n = len(adapter.site("vision_layers"))
-    layer = f"{adapter.site_path('vision_layers')}.{encoder_layer_index(cfg.vision_feature_layer, n)}.self_attn"
-    return {"q": f"{layer}.q_proj", "k": f"{layer}.k_proj"}
-
-
-def llava_topk(adapter: Any, vis: dict, topk: int) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """LLaVA-1.5: (original per-image features, top-k patch indices [B, k]) from one vision pass."""
-    with capture(adapter.model, _clip_attention_paths(adapter)) as st:
-        feats, _ = image_features(adapter, vis)
-    return feats, topk_patches(clip_cls_attention(st["q"], st["k"]), topk)
-
-
-def llava_next_topk(adapter: Any, vis: dict, topk: int):
-    """LLaVA-NeXT: (packed features, per-image top-k indices of the base crop, base-crop projected features)."""
-    from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
-
-    m = adapter.model
-    paths = {**_clip_attention_paths(adapter), "proj": adapter.site_path("projector")}
-    with capture(m, paths) as st:
-        feats, _ = image_features(adapter, vis)
-    crops = [image_size_to_num_patches(image_size=s, grid_pinpoints=m.config.image_grid_pinpoints,
-                                       patch_size=m.config.vision_config.image_size) for s in vis["image_sizes"]]
-    base = torch.tensor([0] + crops[:-1], device=st["q"].device).cumsum(0)  # first crop of each image
-    idx = topk_patches(clip_cls_attention(st["q"][base], st["k"][base]), topk)
-    return feats, idx, st["proj"][base]
-
-
-def blip_topk(adapter: Any, vis: dict, topk: int) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
-    """InstructBLIP / BLIP-2: (original features, top-k indices [B, k], vision embeddings [B, T, C])."""
-    layers = adapter.site("vision_layers")
-    idx_layer = BLIP_ATTENTION_LAYER % len(layers)
-    attn = layers[idx_layer].self_attn
-    path = f"{adapter.site_path('vision_layers')}.{idx_layer}.self_attn.qkv"
-    with capture(adapter.model, {"qkv": path}) as st:
-        feats, out = image_features(adapter, vis)
-    idx = topk_patches(blip_cls_attention(st["qkv"], attn.num_heads), topk)
-    return feats, idx, out.last_hidden_state
+from interventions.contrastive import ContrastiveIntervention, View, shrink_image_tokens
 
 
 @INTERVENTIONS.register("damro")
@@ -115,47 +60,39 @@ class Damro(ContrastiveIntervention, Intervention):
             if self.cfg.get(key) is not None and float(self.cfg[key]) < 0:
                 raise ValueError(f"damro {key} must be >= 0, got {self.cfg[key]}")
 
+    def model_defaults(self, model: Any) -> dict:
+        """The family's paper values of alpha and topk; a family without a CLS-attention recipe refuses here,
+        before any weights load."""
+        model.spec.check_damro()
+        return model.spec.intervention_defaults("damro", model)
+
     def resolved(self, adapter: Any) -> dict:
         """alpha / topk from the config, else the family's paper default; beta, flags."""
-        check_family(adapter, "damro")
-        fam = FAMILY_DEFAULTS[adapter.family]
-        alpha = self.cfg.get("alpha")
-        topk = self.cfg.get("topk")
-        return {"alpha": float(fam["alpha"] if alpha is None else alpha),
-                "topk": int(fam["topk"] if topk is None else topk),
+        self.resolve(adapter.info)
+        return {"alpha": float(self.cfg["alpha"]), "topk": int(self.cfg["topk"]),
                 "beta": float(self.cfg.get("beta", 0.1)),
                 "reference_sampling": bool(self.cfg.get("reference_sampling", False)),
                 "reference_cls_offset": bool(self.cfg.get("reference_cls_offset", False))}
 
     def setup(self, adapter: Any) -> None:
-        """Check the family and the attention sites once."""
+        """Check that the family has a CLS-attention recipe and resolve the parameters once."""
         self.resolved(adapter)
-        if adapter.family in ("llava", "llava_next"):
-            _clip_attention_paths(adapter)
 
     def views(self, adapter: Any, batch: Any) -> list[View]:
-        """(original, top-k) views: LLaVA-1.5 / NeXT shorten the image span, BLIP re-runs the Q-Former."""
+        """(original, top-k) views: the family ranks patches by CLS attention and builds the kept features."""
         p = self.resolved(adapter)
+        spec = adapter.spec
         inputs = batch.inputs
         ids, mask = inputs["input_ids"], inputs["attention_mask"]
-        vis = vision_inputs(inputs)
-        k = p["topk"]
-        if adapter.family == "llava":
-            feats, idx = llava_topk(adapter, vis, k)
-            kept = [f[i] for f, i in zip(feats, idx)]
-        elif adapter.family == "llava_next":
-            feats, idx, base = llava_next_topk(adapter, vis, k)
-            newline = adapter.model.model.image_newline
-            kept = [torch.cat([b[i], newline[None].to(b.dtype)]) for b, i in zip(base, idx)]
-        else:
-            feats, idx, embeds = blip_topk(adapter, vis, k)
-            gather = idx if p["reference_cls_offset"] else idx + 1
-            kept_embeds = embeds.gather(1, gather.unsqueeze(-1).expand(-1, -1, embeds.shape[-1]))
-            cd_feats = qformer_features(adapter, kept_embeds, vis)
-            return [view_from_features(adapter, ids, mask, feats),
-                    view_from_features(adapter, ids, mask, list(cd_feats))]
-        cd_ids, cd_mask = shrink_image_tokens(adapter, ids, mask, [t.shape[0] for t in kept])
-        return [view_from_features(adapter, ids, mask, feats), view_from_features(adapter, cd_ids, cd_mask, kept)]
+        vis = spec.vision_inputs(inputs)
+        enc, cls_attn, extras = spec.cls_patch_attention(adapter, vis)
+        idx = topk_patches(cls_attn, p["topk"])
+        kept, shrinks = spec.topk_features(adapter, enc, extras, idx, vis, p["reference_cls_offset"])
+        image_kwargs = spec.image_kwargs(inputs)
+        original = View(ids, mask, enc, image_kwargs)
+        if shrinks:
+            ids, mask = shrink_image_tokens(adapter, ids, mask, [t.shape[0] for t in kept])
+        return [original, View(ids, mask, spec.with_features(enc, kept), image_kwargs)]
 
     @contextmanager
     def session(self, adapter: Any, batch: Any) -> Iterator[GenerationPlan]:

@@ -46,13 +46,20 @@ Mechanism: `interventions.attention_fn.edit_attention_logits` (an `AttentionInte
 active for the batch's session only, only for the guided layers; the language model's previous attention
 implementation is restored afterwards). Works for every family whose language model dispatches through
 `AttentionInterface` (LLaMA/Vicuna/Mistral in LLaVA-1.5/NeXT and InstructBLIP, OPT in BLIP-2).
-Per-row image spans come from `adapter.image_spans(input_ids)` (left padding moves them per row); beam
-search rows (`B * num_beams`, repeat-interleaved by `generate`) reuse their input row's span.
+The guided columns are each row's image-token positions as the model family defines them
+(`adapter.image_token_mask(input_ids)`: LLaVA's 576-token run, LLaVA-NeXT's base crop and tiles, BLIP's
+query tokens, Qwen's image pads, Idefics3's tiles without their row/column marker tokens); left padding moves
+them per row; beam search rows (`B * num_beams`, repeat-interleaved by `generate`) reuse their input row's.
+
+Layers: `layers: null` (the default) guides the paper's relative depth of the model
+(`proportional_layers`: 5..18 on the 32-block LLaVA-1.5-7B, exactly the paper's range; 6..23 on 13B;
+1..2 on the 4-block tiny models). A NaN or negative alpha is an error.
 `alpha: 0` with `reference_prefill_mask: false` reproduces the baseline bit for bit under eager attention
 (the edit adds exact zeros); under another implementation it installs nothing.
 """
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from typing import Any, Iterator, Mapping
 
@@ -64,7 +71,7 @@ from interventions.base import GenerationPlan, Intervention
 from interventions.contrastive import active_rows
 
 DEFAULTS: dict = {
-    "layers": [5, 18],
+    "layers": None,
     "layers_inclusive": True,
     "alpha": 0.5,
     "aggregation": "mean",
@@ -90,17 +97,33 @@ def resolve_layers(layers: Any, inclusive: bool = True) -> list[int]:
     return out
 
 
-def span_mask(spans: list[tuple[int, int]], rows: int, length: int, device: torch.device) -> torch.Tensor:
-    """Boolean [rows, 1, 1, length]: True on each row's image span (rows = len(spans) * beams)."""
-    starts = torch.tensor([s for s, _ in spans], device=device)
-    ends = torch.tensor([e for _, e in spans], device=device)
-    if rows != len(spans):
-        if rows % len(spans):
-            raise ValueError(f"attention batch of {rows} rows does not match {len(spans)} image spans")
-        starts = starts.repeat_interleave(rows // len(spans))
-        ends = ends.repeat_interleave(rows // len(spans))
-    pos = torch.arange(length, device=device)[None, :]
-    return ((pos >= starts[:, None]) & (pos < ends[:, None]))[:, None, None, :]
+PAPER_RANGE = (5, 18)  # LLaVA-1.5-7B's 32 decoder blocks (chair_eval.py --guide-range 5,18, inclusive)
+PAPER_DEPTH = 32
+
+
+def proportional_layers(num_layers: int) -> list[int]:
+    """[start, end] (inclusive) at the paper's relative depth: floor(5n/32 + 1/2) .. floor(18n/32 + 1/2).
+
+    Equals the paper's 5..18 on LLaVA-1.5-7B (32 blocks); 6..23 on 13B (40), 1..2 on the 4-block tiny models.
+    """
+    start, end = (math.floor(x * num_layers / PAPER_DEPTH + 0.5) for x in PAPER_RANGE)
+    return [min(start, num_layers - 1), min(max(end, start), num_layers - 1)]
+
+
+def image_columns(image_mask: torch.Tensor, rows: int, length: int) -> torch.Tensor:
+    """Boolean [rows, 1, 1, length]: True on each row's image-token keys (rows = prompt rows * beams).
+
+    `image_mask` [n, P] marks the prompt's image positions (the family's, contiguous or not); keys beyond
+    the prompt (generated tokens) are never image keys.
+    """
+    n, p = image_mask.shape
+    if rows != n:
+        if rows % n:
+            raise ValueError(f"attention batch of {rows} rows does not match {n} prompt rows")
+        image_mask = image_mask.repeat_interleave(rows // n, dim=0)
+    if length > p:
+        image_mask = torch.cat([image_mask, image_mask.new_zeros(rows, length - p)], dim=1)
+    return image_mask[:, None, None, :length]
 
 
 def guide_scores(scores: torch.Tensor, mask: torch.Tensor | None, image_cols: torch.Tensor, alpha: float,
@@ -132,13 +155,16 @@ class HeadGuide(Intervention):
     strength_key = "alpha"
 
     def __init__(self, cfg: Mapping[str, Any] | None = None):
-        cfg = {**DEFAULTS, **dict(cfg or {})}
+        cfg = {**DEFAULTS, **{k: v for k, v in dict(cfg or {}).items()}}
         unknown = {k for k in cfg if not k.startswith("_")} - set(DEFAULTS) - {"name"}
         if unknown:
             raise ValueError(f"head_guide: unknown option(s) {sorted(unknown)}; valid: {', '.join(DEFAULTS)}")
         cfg["name"] = "head_guide"
-        cfg["layers"] = list(cfg["layers"]) if not isinstance(cfg["layers"], int) else [cfg["layers"]]
+        if cfg["layers"] is not None:
+            cfg["layers"] = list(cfg["layers"]) if not isinstance(cfg["layers"], int) else [cfg["layers"]]
         cfg["alpha"] = float(cfg["alpha"])
+        if not math.isfinite(cfg["alpha"]) or cfg["alpha"] < 0:
+            raise ValueError(f"intervention.alpha={cfg['alpha']} (head_guide): must be a finite number >= 0")
         cfg["layers_inclusive"] = bool(cfg["layers_inclusive"])
         cfg["reference_prefill_mask"] = bool(cfg["reference_prefill_mask"])
         if cfg["aggregation"] not in AGGREGATIONS:
@@ -148,7 +174,30 @@ class HeadGuide(Intervention):
                 raise ValueError("head_guide.aggregation=topk needs top_k >= 1 (number of heads to average)")
             cfg["top_k"] = int(cfg["top_k"])
         super().__init__(cfg)
-        self.layer_ids = resolve_layers(cfg["layers"], cfg["layers_inclusive"])
+        if cfg["layers"] is not None:
+            resolve_layers(cfg["layers"], cfg["layers_inclusive"])  # reject a malformed range now
+
+    def model_defaults(self, model: Any) -> dict:
+        """`layers: null` -> the paper's relative depth in this model (`proportional_layers`), inclusive;
+        a family may set its own (`ModelFamily.intervention_defaults("head_guide", ...)`)."""
+        own = model.spec.intervention_defaults("head_guide", model)
+        if "layers" in own:
+            return own
+        return {"layers": proportional_layers(model.num_layers), "layers_inclusive": True}
+
+    def resolve(self, model: Any) -> None:
+        """Fill `layers` for this model (a null range only) and keep the inclusive flag consistent."""
+        if self.cfg.get("layers") is None:
+            defaults = self.model_defaults(model)
+            self.cfg.update(defaults)
+        self.resolved_for = model
+
+    @property
+    def layer_ids(self) -> list[int]:
+        """The guided decoder blocks (after `resolve` when `layers` was null)."""
+        if self.cfg.get("layers") is None:
+            raise RuntimeError("head_guide.layers is null: resolve() against the model first")
+        return resolve_layers(self.cfg["layers"], self.cfg["layers_inclusive"])
 
     def check_layers(self, adapter: Any) -> None:
         """ValueError unless every guided layer exists in the model's decoder stack."""
@@ -164,6 +213,8 @@ class HeadGuide(Intervention):
 
     def attention_modules(self, adapter: Any) -> list[torch.nn.Module]:
         """The attention modules of the guided layers."""
+        if self.cfg.get("layers") is None:
+            self.resolve(adapter.info)
         self.check_layers(adapter)
         layers = adapter.decoder_layers()
         path = adapter.site_path("attention")
@@ -184,33 +235,33 @@ class HeadGuide(Intervention):
         if c["alpha"] == 0 and not c["reference_prefill_mask"] and active_implementation(mods[0]) != "eager":
             yield GenerationPlan()  # nothing to add; eager is bit-exact anyway, others could drift
             return
-        spans = adapter.image_spans(batch.inputs["input_ids"])
+        prompt_mask = adapter.image_token_mask(batch.inputs["input_ids"])
         alpha, agg, top_k, ref_mask = c["alpha"], c["aggregation"], c["top_k"], c["reference_prefill_mask"]
 
         stacked: dict = {}
 
-        def row_spans(rows: int) -> list[tuple[int, int]]:
-            # Inside a contrastive engine the batch holds every view's rows, each with its own span.
+        def row_mask(rows: int) -> torch.Tensor:
+            # Inside a contrastive engine the batch holds every view's rows, each with its own image positions.
             layout = active_rows()
             if layout is None or rows != layout["input_ids"].shape[0]:
-                return spans
+                return prompt_mask
             key = id(layout)
             if key not in stacked:
                 stacked.clear()
-                stacked[key] = adapter.image_spans(layout["input_ids"])
+                stacked[key] = adapter.image_token_mask(layout["input_ids"])
             return stacked[key]
 
         masks: dict = {}
 
         def columns(rows: int, length: int, device: torch.device) -> torch.Tensor:
-            # The span mask only grows by one column per decoding step: build it with spare room once.
-            sp = row_spans(rows)
-            key = (rows, id(sp))
+            # The column mask only grows by one column per decoding step: build it with spare room once.
+            pm = row_mask(rows)
+            key = (rows, id(pm))
             cached = masks.get(key)
             if cached is None or cached.shape[-1] < length:
                 if len(masks) > 8:
                     masks.clear()
-                cached = masks[key] = span_mask(sp, rows, length + 256, device)
+                cached = masks[key] = image_columns(pm.to(device), rows, length + 256)
             return cached[..., :length]
 
         def edit(module, scores, mask):

@@ -18,9 +18,12 @@ Reference behaviour (github.com/DAMO-NLP-SG/VCD):
 - Defaults: `eval/object_hallucination_vqa_*.py` argparse cd_alpha 1, cd_beta 0.1, noise_step 500
   (its `cd_scripts/llava1.5_pope.bash` runs cd_beta 0.2, see configs/experiment/vcd_pope_llava15.yaml).
 
-Noise: the reference draws `randn_like` from the global RNG, one image at a time. Here each row draws from
-its own CPU generator seeded by (`noise_seed`, the row's image bytes), so a row's noise does not depend on the
-batch it is in, on the device or on the dtype, and does not consume the sampling RNG.
+Noise: the reference draws `randn_like` from the global RNG, one image at a time. Here each image draws from
+its own CPU generator seeded by (`noise_seed`, the image's bytes), so its noise does not depend on the
+batch it is in, on the device or on the dtype, and does not consume the sampling RNG. The noise is added to
+the processor's normalised pixel tensor of the image in the family's own layout (`ModelFamily.split_pixels`:
+LLaVA's [3, H, W] crop, LLaVA-NeXT's stack of AnyRes crops, Qwen's flattened patches, only the real tiles of
+Idefics3), which is the same elementwise Gaussian whatever the layout.
 `alpha: 0` reproduces the baseline exactly.
 """
 from __future__ import annotations
@@ -28,13 +31,13 @@ from __future__ import annotations
 import hashlib
 import zlib
 from contextlib import contextmanager
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 
 from harness.registry import INTERVENTIONS
 from interventions.base import GenerationPlan, Intervention
-from interventions.contrastive import ContrastiveIntervention, View, check_family, views_from_pixels
+from interventions.contrastive import ContrastiveIntervention, View, views_from_pixels
 
 NUM_DIFFUSION_STEPS = 1000
 
@@ -76,16 +79,17 @@ def row_seed(noise_seed: int, image: Any = None, pixels: torch.Tensor | None = N
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little") & ((1 << 63) - 1)
 
 
-def noised_pixels(pixel_values: torch.Tensor, noise_step: int, noise_seed: int,
-                  images: list | None = None) -> torch.Tensor:
-    """The batch's pixel tensor with every row diffused to `noise_step`, each row from its own generator."""
-    rows = []
-    use_images = images is not None and len(images) == pixel_values.shape[0]
-    for i in range(pixel_values.shape[0]):
-        seed = row_seed(noise_seed, images[i] if use_images else None, pixel_values[i])
+def noised_pixels(pieces: Sequence[torch.Tensor], noise_step: int, noise_seed: int,
+                  images: list | None = None) -> list[torch.Tensor]:
+    """Per-image pixel tensors (`ModelFamily.split_pixels`) diffused to `noise_step`, each image from its own
+    generator."""
+    out = []
+    use_images = images is not None and len(images) == len(pieces)
+    for i, piece in enumerate(pieces):
+        seed = row_seed(noise_seed, images[i] if use_images else None, piece)
         gen = torch.Generator().manual_seed(seed)
-        rows.append(add_diffusion_noise(pixel_values[i], noise_step, gen))
-    return torch.stack(rows)
+        out.append(add_diffusion_noise(piece, noise_step, gen))
+    return out
 
 
 @INTERVENTIONS.register("vcd")
@@ -103,16 +107,12 @@ class Vcd(ContrastiveIntervention, Intervention):
         if not 0 <= step < NUM_DIFFUSION_STEPS:
             raise ValueError(f"vcd noise_step must be in 0..{NUM_DIFFUSION_STEPS - 1}, got {step}")
 
-    def setup(self, adapter: Any) -> None:
-        """Check the model family."""
-        check_family(adapter, "vcd")
-
     def views(self, adapter: Any, batch: Any) -> list[View]:
         """(original, noised) views, both images encoded in one vision pass."""
-        pv = batch.inputs["pixel_values"]
-        noisy = noised_pixels(pv, int(self.cfg.get("noise_step", 500)), int(self.cfg.get("noise_seed", 0)),
+        pieces = adapter.spec.split_pixels(adapter.spec.vision_inputs(batch.inputs))
+        noisy = noised_pixels(pieces, int(self.cfg.get("noise_step", 500)), int(self.cfg.get("noise_seed", 0)),
                               getattr(batch, "images", None))
-        return views_from_pixels(adapter, batch.inputs, [pv, noisy])
+        return views_from_pixels(adapter, batch.inputs, [pieces, noisy])
 
     @contextmanager
     def session(self, adapter: Any, batch: Any) -> Iterator[GenerationPlan]:

@@ -1,14 +1,17 @@
-"""Wall time of each intervention relative to plain decoding, measured side by side in one run.
+"""Cost of each intervention relative to plain decoding, measured side by side in one run, on every family.
 
     python scripts/bench_interventions.py [--models tiny_llava ...] [--batch 8] [--max-new-tokens 32]
-                                          [--repeats 7] [--threads 1] [--device auto]
+                                          [--repeats 7] [--threads 1] [--device cpu]
 
 The same `--batch` items (the shipped COCO images, cycled, with varied questions) are answered by every
-intervention (none, head_guide if registered, damro, vcd) with greedy decoding of exactly `--max-new-tokens`
-tokens (min_new_tokens = max_new_tokens, so an early EOS cannot shorten one run). Repeats are interleaved
-(each repeat runs every intervention once, in rotated order) after one warm-up round; the ratio is the median
-time of the intervention over the median time of `none`. Targets: head_guide <= 1.15x, damro and vcd <= 1.6x;
-PASS/MISS is printed per target (the exit code is 0 either way: timings depend on the machine).
+intervention (none, head_guide, damro, vcd) with greedy decoding of exactly `--max-new-tokens` tokens
+(min_new_tokens = max_new_tokens, so an early EOS cannot shorten one run). `--models` defaults to the tiny
+model of every registered family; a method that cannot run on a family prints its reason instead of a row.
+Time is CPU time of this process (`time.process_time`; on a GPU, wall time after synchronising), which a
+shared machine disturbs far less than wall time. Rounds are interleaved (each round runs every intervention
+once, in rotated order) after one warm-up round; the ratio is the median over rounds of the per-round ratio
+to `none` of the same round (paired). Targets: head_guide <= 1.15x, damro and vcd <= 1.6x; PASS/MISS is
+printed per target (the exit code is 0 either way: timings depend on the machine).
 """
 from __future__ import annotations
 
@@ -29,41 +32,46 @@ from harness.runner import generate_with_plan  # noqa: E402
 from interventions.base import build_intervention  # noqa: E402
 
 TARGETS = {"head_guide": 1.15, "damro": 1.6, "vcd": 1.6}
-FAMILIES = {"tiny_llava": "llava", "tiny_llava_next": "llava_next", "tiny_instructblip": "instructblip",
-            "tiny_blip2": "blip2"}
+METHODS = ("head_guide", "damro", "vcd")
 QUESTIONS = ["Please describe this image in detail.", "Is there a dog in the image?",
              "What is the man holding?", "Is there a car in the image? Please answer this question with one word.",
              "Generate a short caption of this image.", "How many people are there?",
              "What color is the largest object?", "Is there a bicycle in the image?"]
 
 
-def intervention_configs(adapter) -> dict:
-    """name -> intervention config for this model (the shipped config, adapted where a model needs it)."""
+def bench_models() -> list[str]:
+    """The tiny model of every registered family: one bench row group per family."""
+    from harness.models.tiny import tiny_names
+
+    return tiny_names()
+
+
+def intervention_configs() -> dict:
+    """name -> intervention config (the shipped config; model-dependent nulls resolve against the model)."""
     cfgs = {"none": {"name": "none"}}
     names = INTERVENTIONS.names()
-    for name in ("head_guide", "damro", "vcd"):
+    for name in METHODS:
         if name not in names:
             print(f"# {name}: not registered, skipped")
             continue
         path = ROOT / "configs" / "intervention" / f"{name}.yaml"
-        cfg = yaml.safe_load(path.read_text()) if path.exists() else {"name": name}
-        if name == "head_guide":  # the shipped layers are LLaVA-7B's; guide the middle of this model
-            n = adapter.num_layers
-            cfg["layers"] = [max(0, n // 4), max(0, (3 * n) // 4 - 1)]
-        cfgs[name] = cfg
+        cfgs[name] = yaml.safe_load(path.read_text()) if path.exists() else {"name": name}
     return cfgs
 
 
 def run_once(adapter, intervention, batch, decoding) -> tuple[float, int]:
-    """Seconds for one batch's generation under an intervention (session + generate), and tokens made."""
-    if adapter.device.type == "cuda":
+    """CPU seconds (GPU: synchronised wall seconds) for one batch's generation under an intervention, and the
+    number of tokens made."""
+    cuda = adapter.device.type == "cuda"
+    clock = time.perf_counter if cuda else time.process_time
+    if cuda:
         torch.cuda.synchronize()
-    t0 = time.perf_counter()
+    t0 = clock()
     with intervention.session(adapter, batch) as plan:
         ids = generate_with_plan(adapter, plan, batch, decoding)
-    if adapter.device.type == "cuda":
+    if cuda:
         torch.cuda.synchronize()
-    return time.perf_counter() - t0, int(ids.shape[1])
+    return clock() - t0, int(ids.shape[1])
 
 
 def bench_model(model_name: str, args) -> list[tuple[str, str, float, float | None, str]]:
@@ -73,17 +81,21 @@ def bench_model(model_name: str, args) -> list[tuple[str, str, float, float | No
     from benchmarks.base import DATA_DIR
     from harness.models.loader import load_adapter
 
-    adapter = load_adapter({"name": model_name, "tiny": model_name, "family": FAMILIES[model_name],
-                            "device": args.device})
+    adapter = load_adapter({"name": model_name, "tiny": model_name, "device": args.device})
     paths = sorted((DATA_DIR / "images").glob("*.jpg"))
     images = [Image.open(paths[i % len(paths)]).convert("RGB") for i in range(args.batch)]
     questions = [QUESTIONS[i % len(QUESTIONS)] for i in range(args.batch)]
     batch = adapter.prepare(images, questions)
     decoding = {"strategy": "greedy", "max_new_tokens": args.max_new_tokens, "min_new_tokens": args.max_new_tokens}
-    ivs = {}
-    for name, cfg in intervention_configs(adapter).items():
+    ivs, rows = {}, []
+    for name, cfg in intervention_configs().items():
         iv = build_intervention(cfg)
-        iv.setup(adapter)
+        try:
+            iv.resolve(adapter.info)
+            iv.setup(adapter)
+        except (ValueError, NotImplementedError) as e:  # a method that cannot run on this family says why
+            rows.append((model_name, name, float("nan"), None, f"n/a: {e}"))
+            continue
         ivs[name] = iv
     names = list(ivs)
     times: dict[str, list[float]] = {n: [] for n in names}
@@ -96,11 +108,9 @@ def bench_model(model_name: str, args) -> list[tuple[str, str, float, float | No
             if new != args.max_new_tokens:
                 print(f"# warning: {n} made {new} tokens, not {args.max_new_tokens}")
             times[n].append(dt)
-    base = statistics.median(times["none"])
-    rows = []
     for n in names:
         med = statistics.median(times[n])
-        ratio = med / base
+        ratio = statistics.median(t / b for t, b in zip(times[n], times["none"]))
         target = TARGETS.get(n)
         verdict = "" if target is None else ("PASS" if ratio <= target else "MISS") + f" (target <= {target:.2f}x)"
         rows.append((model_name, n, med, ratio, verdict))
@@ -110,7 +120,7 @@ def bench_model(model_name: str, args) -> list[tuple[str, str, float, float | No
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", nargs="+", default=["tiny_llava"], choices=sorted(FAMILIES))
+    ap.add_argument("--models", nargs="+", default=None, choices=bench_models(), help="default: every family")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=7)
@@ -121,11 +131,13 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print(f"# batch {args.batch}, {args.max_new_tokens} new tokens (greedy, fixed length), "
-          f"{args.repeats} interleaved repeats, median; torch threads {torch.get_num_threads()}, device {args.device}")
-    print(f"{'model':<18} {'intervention':<12} {'median s':>9} {'ratio':>7}  verdict")
-    for model_name in args.models:
+          f"{args.repeats} interleaved rounds, median of per-round CPU-time ratios; "
+          f"torch threads {torch.get_num_threads()}, device {args.device}")
+    print(f"{'model':<22} {'intervention':<12} {'median s':>9} {'ratio':>7}  verdict")
+    for model_name in args.models or bench_models():
         for model, name, med, ratio, verdict in bench_model(model_name, args):
-            print(f"{model:<18} {name:<12} {med:9.4f} {ratio:6.2f}x  {verdict}")
+            shown = f"{ratio:6.2f}x" if ratio is not None else "     - "
+            print(f"{model:<22} {name:<12} {med:9.4f} {shown}  {verdict}")
     return 0
 
 

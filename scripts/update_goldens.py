@@ -1,6 +1,7 @@
 """Recompute the golden tiny-model scores (tests/golden/tiny_smoke_scores.json) after an intended change.
 
-    python scripts/update_goldens.py        # then review the diff and commit it with the reason
+    python scripts/update_goldens.py                      # all; then review the diff and commit it with the reason
+    python scripts/update_goldens.py --only tiny_qwen2_vl # one family's golden (a new family), the rest kept
 """
 from __future__ import annotations
 
@@ -13,17 +14,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from harness.golden import GOLDEN_FILE, GOLDEN_RUNS, golden_scores  # noqa: E402
+from harness.golden import GOLDEN_FILE, golden_runs, golden_scores, load_goldens  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     import argparse
 
-    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", nargs="+", choices=sorted(golden_runs()), help="recompute these, keep the others")
+    args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    out = {}
-    for label in GOLDEN_RUNS:
+    out = load_goldens() if args.only and GOLDEN_FILE.exists() else {}
+    for label in args.only or golden_runs():
         with tempfile.TemporaryDirectory() as d:
             out[label] = golden_scores(label, Path(d))
         print(label, out[label])

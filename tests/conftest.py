@@ -28,16 +28,45 @@ def run_cli(args: list[str], cwd: Path = ROOT, check: bool = True, timeout: int 
     return proc
 
 
+def _tiny_names() -> list[str]:
+    from harness.models.tiny import tiny_names
+
+    return tiny_names()
+
+
+#: the tiny model of every registered model family (tiny_<family>), from the family registry
+TINY_MODELS = _tiny_names()
+
+
+class LazyAdapters(dict):
+    """tiny model name -> loaded adapter, each loaded on first access and kept for the session."""
+
+    def __missing__(self, name: str):
+        from harness.models.families import family_for_tiny
+        from harness.models.loader import load_adapter
+
+        adapter = load_adapter({"name": name, "tiny": name, "family": family_for_tiny(name).name,
+                                "attn_implementation": "eager"})
+        self[name] = adapter
+        return adapter
+
+    def __iter__(self):
+        return iter(TINY_MODELS)
+
+    def items(self):
+        return [(n, self[n]) for n in TINY_MODELS]
+
+    def keys(self):
+        return list(TINY_MODELS)
+
+    def values(self):
+        return [self[n] for n in TINY_MODELS]
+
+
 @pytest.fixture(scope="session")
 def tiny_adapters():
-    """Loaded tiny adapters of all four families, shared by the tests of a session."""
-    from harness.models.loader import load_adapter
-
-    out = {}
-    for name, fam in [("tiny_llava", "llava"), ("tiny_llava_next", "llava_next"),
-                      ("tiny_instructblip", "instructblip"), ("tiny_blip2", "blip2")]:
-        out[name] = load_adapter({"name": name, "tiny": name, "family": fam})
-    return out
+    """Tiny adapters of every registered family (eager attention), loaded on first use, shared by a session."""
+    return LazyAdapters()
 
 
 @pytest.fixture(scope="session")

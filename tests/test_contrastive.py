@@ -6,17 +6,19 @@ import math
 import pytest
 import torch
 
+from conftest import TINY_MODELS
+
 from benchmarks.base import Item
 from harness.runner import answer_batch
 from interventions.base import build_intervention
 from interventions.contrastive import contrast_logits, contrastive_generate, views_from_pixels
 from interventions.damro import Damro
 from interventions.vcd import Vcd, add_diffusion_noise, diffusion_alphas_bar, noised_pixels
-from interventions.vision_attention import topk_patches
+from harness.models.vision_attention import topk_patches
 
 torch.set_num_threads(1)
 
-FAMILIES = ["tiny_llava", "tiny_llava_next", "tiny_instructblip", "tiny_blip2"]
+FAMILIES = TINY_MODELS
 QUESTIONS = ["Is there a dog in the image?", "Please describe this image in detail.",
              "What is on the table?", "Is there a car?"]
 GREEDY = {"strategy": "greedy", "max_new_tokens": 8}
@@ -34,6 +36,14 @@ def _row(ids: torch.Tensor, pad: int) -> list[int]:
     return out
 
 
+def _merged(a, view):
+    """The input embeddings the model builds for a view: token embeddings with the image features scattered in."""
+    with torch.inference_mode():
+        emb = a.model.get_input_embeddings()(view.input_ids)
+        feats = torch.cat(a.spec.image_features(view.encoding)).to(emb.dtype)
+        return emb.masked_scatter(a.image_token_mask(view.input_ids)[..., None], feats)
+
+
 def _run(intervention, adapter, batch, decoding, processors=None):
     with intervention.session(adapter, batch) as plan:
         return plan.generate_fn(batch, decoding, processors or [])
@@ -45,8 +55,8 @@ def test_engine_alpha0_equals_hf_greedy(tiny_adapters, coco_images, name):
     a = tiny_adapters[name]
     b = _batch(a, coco_images)
     base = a.generate_ids(b, GREEDY)
-    pv = b.inputs["pixel_values"]
-    views = views_from_pixels(a, b.inputs, [pv, pv + 0.5])  # a different contrastive view: ignored at alpha 0
+    pieces = a.spec.split_pixels(a.spec.vision_inputs(b.inputs))
+    views = views_from_pixels(a, b.inputs, [pieces, [p + 0.5 for p in pieces]])  # ignored at alpha 0
     ids = contrastive_generate(a, b.inputs["input_ids"], views, GREEDY, alpha=0.0, beta=0.1)
     assert torch.equal(ids, base)
 
@@ -104,7 +114,7 @@ def test_vcd_step_equals_independent_forwards(tiny_adapters, coco_images, name):
     b = _batch(a, coco_images)
     iv = Vcd({"alpha": 1.0, "beta": 0.1, "noise_step": 500})
     tok, scores = _first_step(a, iv, b, 1.0, 0.1)
-    noisy = noised_pixels(b.inputs["pixel_values"], 500, 0, b.images)
+    noisy = torch.stack(noised_pixels(list(b.inputs["pixel_values"]), 500, 0, b.images))
     exp = []
     with torch.inference_mode():
         for i in range(len(b.prompts)):  # one row at a time, no padding: plain forwards
@@ -131,13 +141,11 @@ def _direct_clip_topk(a, pixel_values, k):
 
 
 def test_llava_topk_selection_equals_direct_computation(tiny_adapters, coco_images):
-    from interventions.damro import llava_topk
-    from interventions.contrastive import vision_inputs
-
     a = tiny_adapters["tiny_llava"]
     b = _batch(a, coco_images, n=4)
     with torch.inference_mode():
-        _, idx = llava_topk(a, vision_inputs(b.inputs), 6)
+        _, cls_attn, _ = a.spec.cls_patch_attention(a, a.spec.vision_inputs(b.inputs))
+        idx = topk_patches(cls_attn, 6)
         direct, _ = _direct_clip_topk(a, b.inputs["pixel_values"], 6)
     assert torch.equal(idx, direct)
     with pytest.raises(ValueError, match="topk"):
@@ -182,7 +190,8 @@ def test_llava_next_damro_view_is_base_crop_topk_plus_newline(tiny_adapters, coc
             orig, cd = iv.views(a, b)
         finally:
             h.remove()
-    assert orig.inputs_embeds.shape[0] == cd.inputs_embeds.shape[0] == 3
+    assert orig.input_ids.shape[0] == cd.input_ids.shape[0] == 3
+    cd_embeds = _merged(a, cd)
     # every contrastive row holds k + 1 image embeddings: the base crop's top-k, then the newline
     from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
 
@@ -202,7 +211,7 @@ def test_llava_next_damro_view_is_base_crop_topk_plus_newline(tiny_adapters, coc
             idx_all.append(torch.topk(cls, k, dim=1).indices[0])
     for i, s in enumerate(starts):
         n_real = int(cd.attention_mask[i].sum())
-        row = cd.inputs_embeds[i, -n_real:]
+        row = cd_embeds[i, -n_real:]
         expected = torch.cat([captured["proj"][s][idx_all[i]], m.model.image_newline[None]])
         # the k + 1 embeddings form one consecutive block, in that order (highest attention first)
         starts_at = [j for j in range(n_real) if torch.allclose(row[j], expected[0], atol=1e-5)]
@@ -251,7 +260,7 @@ def test_instructblip_damro_reruns_qformer_on_kept_patches(tiny_adapters, coco_i
         emb = m.get_input_embeddings()(b.inputs["input_ids"])
         emb = emb.masked_scatter(a.image_token_mask(b.inputs["input_ids"])[..., None],
                                  feats.reshape(-1, feats.shape[-1]))
-    assert torch.allclose(cd.inputs_embeds, emb, atol=1e-5)
+    assert torch.allclose(_merged(a, cd), emb, atol=1e-5)
     assert torch.equal(cd.attention_mask, b.inputs["attention_mask"])
 
 
@@ -278,10 +287,11 @@ def test_vcd_noise_is_closed_form_q_xt_given_x0():
 def test_vcd_noise_per_row_is_batch_independent(tiny_adapters, coco_images):
     a = tiny_adapters["tiny_llava"]
     b = _batch(a, coco_images)
-    full = noised_pixels(b.inputs["pixel_values"], 500, 3, b.images)
-    one = noised_pixels(b.inputs["pixel_values"][1:2], 500, 3, b.images[1:2])
-    assert torch.equal(full[1:2], one)
-    assert not torch.equal(full, noised_pixels(b.inputs["pixel_values"], 500, 4, b.images))
+    pieces = list(b.inputs["pixel_values"])
+    full = noised_pixels(pieces, 500, 3, b.images)
+    one = noised_pixels(pieces[1:2], 500, 3, b.images[1:2])
+    assert torch.equal(full[1], one[0])
+    assert not torch.equal(torch.stack(full), torch.stack(noised_pixels(pieces, 500, 4, b.images)))
 
 
 # ---- batching, sampling, integration -------------------------------------------------------------------------------
@@ -352,7 +362,8 @@ def test_damro_family_defaults_and_runner(tiny_adapters, coco_images, tmp_path):
     a = tiny_adapters["tiny_instructblip"]
     iv = build_intervention({"name": "damro"})
     assert iv.resolved(a)["alpha"] == 0.5 and iv.resolved(a)["topk"] == 4
-    assert iv.resolved(tiny_adapters["tiny_llava"])["topk"] == 10
+    assert iv.params()["alpha"] == 0.5 and iv.params()["topk"] == 4  # resolved values, never None
+    assert build_intervention({"name": "damro"}).resolved(tiny_adapters["tiny_llava"])["topk"] == 10
     iv.setup(a)
     items = [Item(question_id=i, prompt=q, image_path=None) for i, q in enumerate(QUESTIONS[:2])]
     recs = answer_batch(a, iv, items, coco_images[:2], {"strategy": "greedy", "max_new_tokens": 5}, {"x": 1})

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, TINY_MODELS
 from harness.diagnosis.logit_lens import logit_lens
 from harness.diagnosis.maps import (attention_map, encode_answer, layer_indices, rollout, rollout_row,
                                     trace_answer)
@@ -104,7 +104,7 @@ def test_rollout_row_equals_full_rollout():
         torch.testing.assert_close(rollout_row([c[0] for c in cams], row), R[row])
 
 
-@pytest.mark.parametrize("name", ["tiny_llava", "tiny_llava_next", "tiny_instructblip", "tiny_blip2"])
+@pytest.mark.parametrize("name", TINY_MODELS)
 def test_logit_lens_last_layer_is_the_greedy_token(traces, name):
     tr = traces[name]
     assert len(tr.lens) == len(tr.token_ids) and len(tr.lens[0]) == 4 and len(tr.lens[0][0]) == 5

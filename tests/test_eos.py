@@ -13,7 +13,7 @@ from harness.eos.data import (ConversationDataset, build_coco_demo_records, enco
                               load_records, split_labels, to_model)
 from harness.eos.scoring import eos_scores, keep_mask
 from harness.eos.selective_loss import IGNORE_INDEX, selective_eos_loss, standard_lm_loss
-from conftest import ROOT
+from conftest import ROOT, TINY_MODELS
 
 DATA = ROOT / "benchmarks" / "data" / "eos" / "coco6_conversations.json"
 IMAGES = ROOT / "benchmarks" / "data" / "images"
@@ -110,7 +110,7 @@ def test_demo_data_is_regenerated_exactly():
     assert len(built) == 6 and all((IMAGES / r["image"]).exists() for r in built)
 
 
-@pytest.mark.parametrize("name", ["tiny_llava", "tiny_llava_next", "tiny_instructblip", "tiny_blip2"])
+@pytest.mark.parametrize("name", TINY_MODELS)
 def test_encode_record_supervises_answers_and_one_eos_per_turn(tiny_adapters, coco_images, name):
     adapter = tiny_adapters[name]
     rec = load_records(DATA)[0]  # two turns

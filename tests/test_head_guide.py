@@ -6,15 +6,15 @@ import pytest
 import torch
 import yaml
 
-from conftest import ROOT
+from conftest import ROOT, TINY_MODELS
 from interventions import attention_fn
 from interventions.attention_fn import edit_attention_logits
 from interventions.base import build_intervention
-from interventions.head_guide import guide_scores, resolve_layers, span_mask
+from interventions.head_guide import guide_scores, image_columns, proportional_layers, resolve_layers
 
 torch.set_num_threads(1)
 
-FAMILIES = ["tiny_llava", "tiny_llava_next", "tiny_instructblip", "tiny_blip2"]
+FAMILIES = TINY_MODELS
 QUESTIONS = ["Please describe this image in detail.", "Is there a dog in the image?"]
 GUIDE = {"name": "head_guide", "layers": [1, 2]}
 
@@ -174,7 +174,7 @@ def test_previous_sdpa_implementation_is_kept_for_other_layers(tiny_adapters, co
 
 def test_out_of_range_layers_are_a_clear_error(tiny_adapters, coco_images):
     a = tiny_adapters["tiny_blip2"]
-    iv = build_intervention({"name": "head_guide"})  # the paper's [5, 18] on a 4-layer model
+    iv = build_intervention({"name": "head_guide", "layers": [5, 18]})  # the paper's range on a 4-layer model
     with pytest.raises(ValueError, match=r"5\.\.18.*4 decoder layers.*0\.\.3"):
         iv.setup(a)
     with pytest.raises(ValueError, match="4 decoder layers"):
@@ -205,7 +205,10 @@ def test_guide_scores_math_topk_and_beams():
     g = torch.Generator().manual_seed(0)
     scores = torch.randn(2, 4, 3, 7, generator=g)
     spans = [(1, 4), (2, 6)]
-    cols = span_mask(spans, 2, 7, scores.device)
+    prompt_mask = torch.zeros(2, 6, dtype=torch.bool)  # a 6-token prompt; column 6 is a generated token
+    for r, (s, e) in enumerate(spans):
+        prompt_mask[r, s:e] = True
+    cols = image_columns(prompt_mask, 2, 7)
     out = guide_scores(scores, None, cols, 0.5)
     assert torch.equal(out[:, :, :-1], scores[:, :, :-1])
     exp = scores.clone()
@@ -220,8 +223,36 @@ def test_guide_scores_math_topk_and_beams():
         h = int(mass[r].argmax())
         torch.testing.assert_close(top1[r, :, -1, s:e], scores[r, :, -1, s:e] + 0.5 * scores[r, h, -1, s:e].abs())
     # beam search: rows are B * beams, repeat-interleaved
-    assert torch.equal(span_mask(spans, 4, 7, scores.device)[:, 0, 0],
-                       cols[:, 0, 0].repeat_interleave(2, dim=0))
+    assert torch.equal(image_columns(prompt_mask, 4, 7)[:, 0, 0], cols[:, 0, 0].repeat_interleave(2, dim=0))
+    assert not bool(cols[..., 6:].any())  # generated tokens are never image keys
+
+
+def test_non_contiguous_image_positions_are_guided_exactly():
+    g = torch.Generator().manual_seed(1)
+    scores = torch.randn(1, 4, 1, 9, generator=g)
+    mask = torch.tensor([[0, 1, 1, 0, 1, 1, 0, 0, 0]], dtype=torch.bool)  # two tiles with a marker between
+    out = guide_scores(scores, None, image_columns(mask, 1, 9), 1.0)
+    exp = scores.clone()
+    exp[0, :, -1, mask[0]] += scores[0, :, -1, mask[0]].abs().mean(dim=0)
+    torch.testing.assert_close(out, exp)
+
+
+def test_default_layers_are_the_papers_relative_depth(tiny_adapters):
+    assert proportional_layers(32) == [5, 18]  # LLaVA-1.5-7B: exactly the paper's range
+    assert proportional_layers(40) == [6, 23]
+    assert proportional_layers(4) == [1, 2]
+    hg = _hg()
+    del hg.cfg["layers"]
+    hg.cfg["layers"] = None
+    hg.resolve(tiny_adapters["tiny_llava"].info)
+    assert hg.params()["layers"] == [1, 2] and hg.layer_ids == [1, 2]
+
+
+def test_nan_or_negative_alpha_is_a_clear_error():
+    with pytest.raises(ValueError, match="intervention.alpha=nan"):
+        _hg(alpha=float("nan"))
+    with pytest.raises(ValueError, match="intervention.alpha=-0.5"):
+        _hg(alpha=-0.5)
 
 
 def test_beam_search_runs_under_guidance(tiny_adapters, coco_images):
@@ -236,9 +267,9 @@ def test_beam_search_runs_under_guidance(tiny_adapters, coco_images):
 
 def test_config_file_and_composition(tiny_adapters, coco_images):
     node = yaml.safe_load((ROOT / "configs/intervention/head_guide.yaml").read_text())
-    assert node == {"name": "head_guide", "layers": [5, 18], "layers_inclusive": True, "alpha": 0.5,
+    assert node == {"name": "head_guide", "layers": None, "layers_inclusive": True, "alpha": 0.5,
                     "aggregation": "mean", "top_k": None, "reference_prefill_mask": False}
-    iv = build_intervention(node)
+    iv = build_intervention({**node, "layers": [5, 18]})
     assert iv.name == "head_guide" and iv.layer_ids == list(range(5, 19)) and iv.strength_key == "alpha"
     assert iv.params()["alpha"] == 0.5 and "name" not in iv.params()
     a = tiny_adapters["tiny_instructblip"]

@@ -2,7 +2,9 @@
 import pytest
 import torch
 
-FAMILIES = ["tiny_llava", "tiny_llava_next", "tiny_instructblip", "tiny_blip2"]
+from conftest import TINY_MODELS
+
+FAMILIES = TINY_MODELS
 QUESTIONS = ["Please describe this image in detail.", "Is there a dog in the image?", "What is on the table?"]
 
 
@@ -17,21 +19,31 @@ def test_batched_generation_equals_single_rows(tiny_adapters, coco_images, name)
 
 
 @pytest.mark.parametrize("name", FAMILIES)
-def test_image_spans_hold_exactly_the_image_tokens(tiny_adapters, coco_images, name):
+def test_image_positions_hold_exactly_the_image_features(tiny_adapters, coco_images, name):
     a = tiny_adapters[name]
     batch = a.prepare(coco_images[:2], QUESTIONS[:2])
     ids = batch.inputs["input_ids"]
-    for row, (s, e) in zip(ids, a.image_spans(ids)):
-        assert e > s
-        assert bool((row[s:e] == a.image_token_id).all())
-        assert int((row == a.image_token_id).sum()) == e - s
+    mask = a.image_token_mask(ids)
+    with torch.inference_mode():
+        feats = a.spec.image_features(a.spec.encode_images(a, a.spec.vision_inputs(batch.inputs)))
+    assert [int(m.sum()) for m in mask] == [f.shape[0] for f in feats]  # one entry per row's image
+    assert not bool((mask & (batch.inputs["attention_mask"] == 0)).any())  # never on padding
+    assert bool((ids[mask] == a.image_token_id).all())
 
 
 @pytest.mark.parametrize("name", FAMILIES)
 def test_every_site_resolves(tiny_adapters, name):
+    from harness.models.families.base import SITE_NAMES
+
     a = tiny_adapters[name]
-    for site in ("decoder_layers", "final_norm", "lm_head", "embed_tokens", "vision_layers", "projector"):
-        assert isinstance(a.site(site), torch.nn.Module)
+    assert set(a.sites) == set(SITE_NAMES), f"{name}: sites must name every abstract site (None if absent)"
+    for site in ("decoder_layers", "attention", "final_norm", "lm_head", "embed_tokens", "vision_layers",
+                 "vision_tower", "projector"):
+        assert a.sites[site], f"{name}: site {site} is required"
+    for site in SITE_NAMES:
+        if a.sites[site] and site != "attention":
+            assert isinstance(a.site(site), torch.nn.Module)
+    assert isinstance(a.decoder_layers()[0].get_submodule(a.sites["attention"]), torch.nn.Module)
     assert a.num_layers == 4
 
 

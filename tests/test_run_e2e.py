@@ -35,7 +35,7 @@ def test_default_run_scores_and_prints_leaderboard(reference_run):
     recs = _answers(d)
     assert len({r["question_id"] for r in recs}) == 30
     fp = recs[0]["fingerprint"]
-    assert fp["model"]["name"] == "tiny_llava" and fp["attn_implementation"] == "eager"
+    assert fp["model"]["name"] == "tiny_llava" and fp["attn_implementation"] == "sdpa"
     assert "torch" in fp["versions"] and fp["hash"]
     row = json.loads((d / "results.jsonl").read_text().splitlines()[-1])
     assert row["metrics"]["CHAIRs"] == scores["CHAIRs"]

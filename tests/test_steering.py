@@ -6,7 +6,8 @@ import json
 import pytest
 import torch
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, TINY_MODELS, run_cli
+from harness.models.families import family_for_tiny
 from harness.hooks import forward_hooks
 from interventions.base import build_intervention
 from interventions.steering import (block_output, block_path, build_from_config, mask_patches,
@@ -14,8 +15,7 @@ from interventions.steering import (block_output, block_path, build_from_config,
 from interventions.steering.io import load_steering, save_steering, steering_paths
 from interventions.steering.pairs import DEFAULT_PAIRS, load_pairs, template_pairs
 
-FAMILIES = {"tiny_llava": "llava", "tiny_llava_next": "llava_next", "tiny_instructblip": "instructblip",
-            "tiny_blip2": "blip2"}
+FAMILIES = {n: family_for_tiny(n).name for n in TINY_MODELS}
 SMALL = {"num_pairs": 3, "vti": {"num_masks": 2, "mask_ratio": 0.5}, "valse": {"num_tokens": 2}}
 
 

@@ -1,6 +1,8 @@
 """Forward hooks that reduce every decoder layer's attention weights to VAR rows (image-attention sums).
 
-See ``harness.detect.var`` for the VAR definition; the model must run eager attention.
+See ``harness.detect.var`` for the VAR definition. While the hooks are active the decoder's attention
+layers compute eager attention (`interventions.attention_fn.eager_attention`), so a model loaded with SDPA
+works; flash / flex kernels cannot return weights and are refused.
 """
 from __future__ import annotations
 
@@ -22,13 +24,15 @@ def attention_paths(adapter: Any) -> list[str]:
 
 
 def check_eager(adapter: Any) -> None:
-    """Raise unless the model computes explicit attention weights (eager attention)."""
+    """Raise unless the decoder's attention can be switched to eager for reading weights (eager or SDPA)."""
+    from interventions.attention_fn import ATTN_KEY, FALLBACK_OK
+
     impl = getattr(adapter.model.config, "_attn_implementation", None)
     text_cfg = getattr(adapter.model.config, "text_config", None)
     impl_text = getattr(text_cfg, "_attn_implementation", None) if text_cfg is not None else None
     for value in (impl_text, impl):
-        if value is not None and value != "eager":
-            raise ValueError(f"VAR needs attention weights: load the model with attn_implementation=eager "
+        if value not in FALLBACK_OK and value != ATTN_KEY:  # ATTN_KEY: inside another attention session
+            raise ValueError(f"VAR needs attention weights: load the model with attn_implementation sdpa or eager "
                              f"(model.attn_implementation), not {value!r}")
 
 
@@ -76,8 +80,12 @@ class VARCapture:
 
     @contextmanager
     def active(self) -> Iterator["VARCapture"]:
-        """Hooks registered for the duration of the block (always removed)."""
-        with forward_hooks(self.adapter.model, {p: self._hook(i) for i, p in enumerate(self.paths)}):
+        """Hooks registered (and the decoder's attention layers eager) for the duration of the block."""
+        from interventions.attention_fn import eager_attention
+
+        modules = [self.adapter.model.get_submodule(p) for p in self.paths]
+        with eager_attention(modules), forward_hooks(self.adapter.model,
+                                                     {p: self._hook(i) for i, p in enumerate(self.paths)}):
             yield self
 
     def num_steps(self) -> int:

@@ -1,6 +1,7 @@
 """Forward hooks that record every attention matrix (graph-attached) and decoder output of one forward pass.
 
-Decoder, vision-encoder and Q-Former attention modules must return their weights (eager attention).
+The hooked decoder, vision-encoder and Q-Former attention modules compute eager attention while the hooks are
+active (`interventions.attention_fn.eager_attention`), so they return their weights under an SDPA model too.
 """
 from __future__ import annotations
 
@@ -30,10 +31,16 @@ def _attn_hook(store: list, path: str):
     def hook(module, args, output):
         weights = output[1] if isinstance(output, tuple) and len(output) > 1 else None
         if weights is None:
-            raise RuntimeError(f"{path} returned no attention weights: diagnosis needs "
-                               "attn_implementation=eager (set model.attn_implementation=eager)")
+            raise RuntimeError(f"{path} returned no attention weights: diagnosis needs attn_implementation "
+                               "eager or sdpa (set model.attn_implementation=sdpa)")
         store.append(weights)
+    hook.reads_attention = True
     return hook
+
+
+def attention_modules(model: torch.nn.Module, hooks: dict) -> list[torch.nn.Module]:
+    """The attention modules whose weights the hooks read (to be switched to eager attention meanwhile)."""
+    return [model.get_submodule(p) for p, fn in hooks.items() if getattr(fn, "reads_attention", False)]
 
 
 def _hidden_hook(store: list):

@@ -25,11 +25,13 @@ import torch
 
 from harness.diagnosis.answer_tokens import (answer_pieces, encode_answer, forced_inputs,
                                              generate_answer_ids)
-from harness.diagnosis.attention_capture import VISION_ATTENTION, Captured, capture_hooks, grad_through
+from harness.diagnosis.attention_capture import (VISION_ATTENTION, Captured, attention_modules, capture_hooks,
+                                                  grad_through)
 from harness.diagnosis.relevancy import answer_relevancy, gradcam, qformer_relevancy, rollout, rollout_row
 from harness.diagnosis.span_geometry import View, span_geometry, span_views, to_views
 from harness.hooks import forward_hooks
 from harness.models.adapter import VLMAdapter
+from interventions.attention_fn import eager_attention
 
 __all__ = ["VISION_ATTENTION", "Captured", "Trace", "View", "answer_pieces", "answer_relevancy", "attention_map",
            "capture_hooks", "encode_answer", "forced_inputs", "generate_answer_ids", "grad_through", "gradcam",
@@ -146,7 +148,8 @@ def trace_answer(adapter: VLMAdapter, image: Any, question: str, answer: str | N
     cap = Captured()
     model = adapter.model
     ctx = grad_through(model) if relevancy else torch.no_grad()
-    with ctx, forward_hooks(model, capture_hooks(adapter, cap, vision=relevancy or geometry["kind"] == "queries")):
+    hooks = capture_hooks(adapter, cap, vision=relevancy or geometry["kind"] == "queries")
+    with ctx, eager_attention(attention_modules(model, hooks)), forward_hooks(model, hooks):
         out = model(**inputs, use_cache=False)
         logits = out.logits[0]
         # attention of each predicting row onto the image span, per layer (head mean)

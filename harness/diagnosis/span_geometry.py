@@ -1,5 +1,6 @@
 """How a VLM's image-token span maps back to the image: layouts, views and span -> view reshaping.
 
+Each model family computes its layout (`ModelFamily.span_geometry`); this module turns layouts into views.
 - LLaVA-1.5: the span is the encoder's square patch grid (sqrt of the span length; a leading CLS
   token is dropped under the ``full`` feature strategy) over the processed image (the center crop
   the model sees);
@@ -15,7 +16,6 @@
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -34,43 +34,9 @@ class View:
     label: str = ""
 
 
-def _grid_side(n: int) -> int | None:
-    side = math.isqrt(n)
-    return side if side * side == n else None
-
-
 def span_geometry(adapter: VLMAdapter, inputs: dict, span_len: int) -> dict:
-    """How the image span maps back to the image (see the module docstring); ``kind`` names the layout."""
-    cfg = adapter.model.config
-    fam = adapter.family
-    strategy = getattr(cfg, "vision_feature_select_strategy", "default")
-    if fam == "llava":
-        off = 1 if strategy == "full" else 0
-        side = _grid_side(span_len - off)
-        if side:
-            return {"kind": "grid", "side": side, "skip": off, "vit_offset": 1 - off}
-    elif fam == "llava_next":
-        vc = cfg.vision_config
-        h = w = vc.image_size // vc.patch_size
-        if strategy == "default" and span_len > h * w and "image_sizes" in inputs:
-            from transformers.models.llava_next.modeling_llava_next import (get_anyres_image_grid_shape,
-                                                                            unpad_image)
-
-            size = inputs["image_sizes"][0].tolist()
-            nph, npw = get_anyres_image_grid_shape(size, cfg.image_grid_pinpoints, vc.image_size)
-            idx = torch.arange(nph * h * npw * w).view(1, nph * h, npw * w)
-            un = unpad_image(idx, size)[0]  # [R, C] padded-grid flat index of each kept cell
-            rows, cols = un.shape
-            if h * w + rows * (cols + 1) == span_len:
-                return {"kind": "anyres", "h": h, "w": w, "nph": nph, "npw": npw, "rows": rows, "cols": cols,
-                        "unpad": un}
-        if span_len == h * w:
-            return {"kind": "grid", "side": h, "skip": 0, "vit_offset": 1}
-    elif fam in ("blip2", "instructblip"):
-        vc = cfg.vision_config
-        side = vc.image_size // vc.patch_size
-        return {"kind": "queries", "n": span_len, "side": side}
-    return {"kind": "tokens", "n": span_len}
+    """How the image span maps back to the image (the family's `span_geometry`); ``kind`` names the layout."""
+    return adapter.spec.span_geometry(adapter, inputs, span_len)
 
 
 def span_views(geometry: dict) -> list[View]:

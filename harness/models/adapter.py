@@ -1,4 +1,8 @@
-"""A uniform view of one vision-language model: prompts, batched inputs, image-token spans, sites, generation."""
+"""A uniform view of one vision-language model: prompts, batched inputs, image-token spans, sites, generation.
+
+Everything architecture-specific comes from the model's family object (`adapter.spec`, see
+`harness.models.families`).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -6,19 +10,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-import yaml
-
-SITES_DIR = Path(__file__).resolve().parent / "sites"
-
-
-def load_sites(family: str) -> dict:
-    """The site map (abstract site -> module path) of a model family from `sites/<family>.yaml`."""
-    path = SITES_DIR / f"{family}.yaml"
-    if not path.exists():
-        valid = sorted(p.stem for p in SITES_DIR.glob("*.yaml"))
-        raise KeyError(f"unknown model family {family!r}; valid choices: {', '.join(valid)}")
-    return yaml.safe_load(path.read_text())
-
 
 def resolve_module(root: torch.nn.Module, path: str) -> torch.nn.Module:
     """The submodule at dotted `path`; a KeyError names the path when it does not resolve."""
@@ -39,24 +30,31 @@ class Batch:
 
 
 class VLMAdapter:
-    """Wraps a Hugging Face VLM and its processor with family-specific knowledge from a site map."""
+    """Wraps a Hugging Face VLM and its processor with the knowledge of its model family (`spec`)."""
 
-    def __init__(self, model: torch.nn.Module, processor: Any, family: str, name: str = "",
+    def __init__(self, model: torch.nn.Module, processor: Any, spec: Any, name: str = "",
                  prompt_template: str | None = None, system_prompt: str | None = None):
         self.model = model
         self.processor = processor
         self.tokenizer = processor.tokenizer
-        self.family = family
-        self.name = name or family
-        self.sites = load_sites(family)
-        self.prompt_template = prompt_template or self.sites.get("prompt_template")
+        self.spec = spec  # the ModelFamily object
+        self.family = spec.name
+        self.name = name or spec.name
+        self.sites = spec.sites
+        self.prompt_template = prompt_template or spec.prompt_template
         self.system_prompt = system_prompt
-        self.image_token_id = int(self.model.config.image_token_id if hasattr(self.model.config, "image_token_id")
-                                  else self.model.config.image_token_index)
+        self.image_token_id = spec.image_token_id(model)
         self.tokenizer.padding_side = "left"  # batched generation needs left padding
         qtok = getattr(processor, "qformer_tokenizer", None)
         if qtok is not None:
             qtok.padding_side = "right"  # BERT-style Q-Former input: right padding like a single row
+
+    @property
+    def info(self) -> Any:
+        """The model's ModelInfo (family object and HF config), what interventions resolve defaults against."""
+        from harness.models.loader import ModelInfo
+
+        return ModelInfo(self.spec, self.model.config, self.name)
 
     # ---- sites -------------------------------------------------------------------------------
     def site(self, name: str) -> torch.nn.Module:
@@ -101,14 +99,7 @@ class VLMAdapter:
     def prepare(self, images: Sequence[Any], questions: Sequence[str]) -> Batch:
         """Tokenised, left-padded inputs for a batch of images and questions, on the model's device."""
         prompts = [self.format_prompt(q) for q in questions]
-        if getattr(self.processor, "qformer_tokenizer", None) is not None or self.sites.get("qformer"):
-            # BLIP processors put padding between the query tokens and the text, which shifts
-            # positions; process rows alone and pad ourselves so batched rows equal single rows.
-            rows = [self.processor(images=[im], text=[p], return_tensors="pt") for im, p in zip(images, prompts)]
-            enc = collate_rows(rows, self.tokenizer.pad_token_id,
-                               getattr(getattr(self.processor, "qformer_tokenizer", None), "pad_token_id", 0))
-        else:
-            enc = self.processor(images=list(images), text=prompts, return_tensors="pt", padding=True)
+        enc = self.spec.process(self.processor, images, prompts)
         return Batch(inputs=self.to_model(enc), prompts=prompts, images=list(images))
 
     def to_model(self, enc: Any) -> dict:
@@ -124,8 +115,8 @@ class VLMAdapter:
         return inputs
 
     def image_token_mask(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Boolean [batch, seq] mask of the positions that hold image features."""
-        return input_ids == self.image_token_id
+        """Boolean [batch, seq] mask of the positions that hold image features (the family decides which)."""
+        return self.spec.image_token_mask(self, input_ids)
 
     def image_spans(self, input_ids: torch.Tensor) -> list[tuple[int, int]]:
         """Per row, the [start, end) span of image-token positions (they are contiguous in every family)."""
@@ -164,25 +155,6 @@ class VLMAdapter:
     def decode(self, ids: torch.Tensor) -> list[str]:
         """Texts for token id rows, special tokens and padding dropped."""
         return [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
-
-
-def collate_rows(rows: list[dict], pad_id: int, qformer_pad_id: int | None) -> dict:
-    """One batch from single-row encodings: LM inputs left-padded, Q-Former inputs right-padded."""
-    out: dict = {}
-    for key in rows[0].keys():
-        vals = [r[key] for r in rows]
-        if key in ("input_ids", "attention_mask") or key.startswith("qformer_"):
-            left = not key.startswith("qformer_")
-            fill = 0 if key.endswith("attention_mask") else (pad_id if left else (qformer_pad_id or 0))
-            width = max(v.shape[1] for v in vals)
-            padded = []
-            for v in vals:
-                pad = torch.full((1, width - v.shape[1]), fill, dtype=v.dtype)
-                padded.append(torch.cat([pad, v] if left else [v, pad], dim=1))
-            out[key] = torch.cat(padded)
-        else:
-            out[key] = torch.cat(vals)
-    return out
 
 
 def generation_kwargs(decoding: dict, tokenizer: Any) -> dict:

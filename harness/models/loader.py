@@ -1,6 +1,7 @@
 """Load a model adapter from a model config: a hub id or local folder, or a tiny offline variant."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -22,10 +23,22 @@ def pick_device(device: str | None) -> str:
     return "cpu"
 
 
-def load_adapter(cfg: Mapping[str, Any]) -> VLMAdapter:
-    """A VLMAdapter for a model config node (keys: name, family, path, tiny, dtype, device, device_map, ...)."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+@dataclass
+class ModelInfo:
+    """What is known about a model before its weights load: its family object and its HF config."""
 
+    spec: Any  # the ModelFamily
+    config: Any  # the transformers PretrainedConfig
+    name: str = ""
+
+    @property
+    def num_layers(self) -> int:
+        """Decoder blocks of the language model."""
+        return int(self.config.get_text_config().num_hidden_layers)
+
+
+def checkpoint_path(cfg: Mapping[str, Any]) -> str:
+    """The folder or hub id to load: the tiny model's folder (built on first use) or `model.path`, checked."""
     path = cfg.get("path")
     if cfg.get("tiny") and path:
         raise ValueError(f"model {cfg.get('name')!r}: set either model.tiny (an offline tiny model) or model.path "
@@ -38,6 +51,23 @@ def load_adapter(cfg: Mapping[str, Any]) -> VLMAdapter:
         path = str(ensure_tiny_model(cfg["tiny"], int(cfg.get("tiny_seed", 0))))
     if not path:
         raise ValueError(f"model {cfg.get('name')!r}: set model.path (hub id or local folder) or model.tiny")
+    return str(path)
+
+
+def load_model_info(cfg: Mapping[str, Any]) -> ModelInfo:
+    """The family and HF config of a model config node, without loading weights (config.json only)."""
+    from transformers import AutoConfig
+
+    path = checkpoint_path(cfg)
+    config = AutoConfig.from_pretrained(path, trust_remote_code=bool(cfg.get("trust_remote_code", False)))
+    return ModelInfo(model_family(cfg, config), config, cfg.get("name") or "")
+
+
+def load_adapter(cfg: Mapping[str, Any]) -> VLMAdapter:
+    """A VLMAdapter for a model config node (keys: name, family, path, tiny, dtype, device, device_map, ...)."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    path = checkpoint_path(cfg)
     dtype_name = str(cfg.get("dtype") or "float32")
     if dtype_name not in DTYPES:
         raise ValueError(f"model.dtype={dtype_name!r}; valid choices: {', '.join(DTYPES)}")
@@ -46,7 +76,7 @@ def load_adapter(cfg: Mapping[str, Any]) -> VLMAdapter:
     if device == "cpu" and dtype in (torch.float16,):
         dtype = torch.float32  # half matmuls are unsupported or very slow on CPU
     trust = bool(cfg.get("trust_remote_code", False))
-    kwargs: dict = dict(dtype=dtype, attn_implementation=cfg.get("attn_implementation") or "eager",
+    kwargs: dict = dict(dtype=dtype, attn_implementation=cfg.get("attn_implementation") or "sdpa",
                         trust_remote_code=trust)
     if cfg.get("device_map"):
         kwargs["device_map"] = cfg["device_map"]
@@ -59,5 +89,22 @@ def load_adapter(cfg: Mapping[str, Any]) -> VLMAdapter:
         model = PeftModel.from_pretrained(model, cfg["adapter"]).merge_and_unload()
     model.eval()
     processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust, backend="pil")
-    return VLMAdapter(model, processor, family=cfg["family"], name=cfg.get("name", ""),
+    spec = model_family(cfg, model.config)
+    return VLMAdapter(model, processor, spec, name=cfg.get("name", ""),
                       prompt_template=cfg.get("prompt_template"), system_prompt=cfg.get("system_prompt"))
+
+
+def model_family(cfg: Mapping[str, Any], config: Any):
+    """The family of a checkpoint: `model.family` when set (checked against the checkpoint's model_type),
+    else the family that serves `config.model_type`."""
+    from harness.models.families import family_for_model_type, get_family
+
+    model_type = getattr(config, "model_type", None)
+    if not cfg.get("family"):
+        return family_for_model_type(model_type)
+    spec = get_family(cfg["family"])
+    if model_type not in spec.model_types:
+        raise ValueError(f"model.family={cfg['family']!r} serves model_type {'/'.join(spec.model_types)}, but "
+                         f"{cfg.get('path') or cfg.get('tiny')!r} is a {model_type!r} checkpoint; set model.family="
+                         f"{family_for_model_type(model_type).name} (or null to infer it)")
+    return spec

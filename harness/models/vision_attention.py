@@ -1,4 +1,4 @@
-"""Vision-encoder CLS attention over image patches and top-k patch selection, per model family (DAMRO).
+"""Vision-encoder CLS attention over image patches and top-k patch selection: the recipes DAMRO uses.
 
 DAMRO (Gong et al., EMNLP 2024; github.com/coder-gx/DAMRO) ranks the patches by how much the vision
 encoder's CLS token attends to them and keeps the top k for its contrastive view. How the attention is
@@ -21,8 +21,6 @@ from contextlib import contextmanager
 from typing import Iterator
 
 import torch
-
-from harness.hooks import forward_hooks
 
 
 def clip_cls_attention(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -67,6 +65,8 @@ def encoder_layer_index(feature_layer: int, num_layers: int) -> int:
 @contextmanager
 def capture(model: torch.nn.Module, paths: dict[str, str]) -> Iterator[dict]:
     """Record the forward outputs of modules ({name: module path}) into the yielded dict (last call wins)."""
+    from harness.hooks import forward_hooks
+
     store: dict = {}
 
     def make(name):
