@@ -10,9 +10,40 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 
-def _slug(text: str) -> str:
-    """A filesystem-safe, bounded folder name for a list of overrides ('' -> 'default')."""
-    s = re.sub(r"[^A-Za-z0-9=.,_+-]+", "_", text or "").strip("_") or "default"
+def _split_overrides(text: str) -> list[str]:
+    """Hydra's override_dirname ("a=1,b=[1,2]") split into overrides, commas inside brackets kept."""
+    parts, depth, cur = [], 0, ""
+    for ch in text or "":
+        if ch in "[{(":
+            depth += 1
+        elif ch in "]})":
+            depth -= 1
+        if ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    return [p for p in parts + [cur] if p]
+
+
+def _null_default(intervention: str, key: str) -> bool:
+    """True when `configs/intervention/<intervention>.yaml` sets `key` to null (so `key=null` changes nothing)."""
+    path = Path(__file__).resolve().parent / "configs" / "intervention" / f"{intervention}.yaml"
+    if not path.exists():
+        return False
+    node = OmegaConf.load(path)
+    return key in node and node[key] is None
+
+
+def _slug(text: str, intervention: str | None = None) -> str:
+    """A filesystem-safe, bounded folder name for a list of overrides ('' -> 'default').
+
+    An `intervention.<key>=null` override whose default is already null changes nothing, so it is left out:
+    the same run gets the same folder."""
+    kept = [p for p in _split_overrides(text)
+            if not (intervention and p.startswith("intervention.") and p.endswith("=null")
+                    and _null_default(intervention, p[len("intervention."):-len("=null")]))]
+    s = re.sub(r"[^A-Za-z0-9=.,_+-]+", "_", ",".join(kept)).strip("_") or "default"
     if len(s) > 80:
         s = s[:60] + "-" + hashlib.sha256(s.encode()).hexdigest()[:10]
     return s

@@ -56,9 +56,11 @@ class Damro(ContrastiveIntervention, Intervention):
 
     def __init__(self, cfg: Mapping[str, Any] | None = None):
         super().__init__(cfg)
-        for key in ("alpha", "topk"):
-            if self.cfg.get(key) is not None and float(self.cfg[key]) < 0:
-                raise ValueError(f"damro {key} must be >= 0, got {self.cfg[key]}")
+        for key, kind in (("alpha", float), ("beta", float), ("topk", int)):
+            if self.cfg.get(key) is not None:
+                self.cfg[key] = kind(self.cfg[key])
+                if self.cfg[key] < 0:
+                    raise ValueError(f"intervention.{key}={self.cfg[key]} (damro): must be >= 0")
 
     def model_defaults(self, model: Any) -> dict:
         """The family's paper values of alpha and topk; a family without a CLS-attention recipe refuses here,

@@ -101,6 +101,9 @@ class Vcd(ContrastiveIntervention, Intervention):
 
     def __init__(self, cfg: Mapping[str, Any] | None = None):
         super().__init__(cfg)
+        for key in ("alpha", "beta"):
+            if self.cfg.get(key) is not None:
+                self.cfg[key] = float(self.cfg[key])
         if float(self.cfg.get("alpha", 1.0)) < 0:
             raise ValueError(f"vcd alpha must be >= 0, got {self.cfg.get('alpha')}")
         step = int(self.cfg.get("noise_step", 500))

@@ -55,3 +55,30 @@ def test_registries_list_every_config():
 def test_unknown_registry_name_lists_choices():
     with pytest.raises(KeyError, match="valid choices: .*pope"):
         BENCHMARKS.get("nope")
+
+
+def test_benchmark_variants_accept_every_key_of_their_base():
+    by_name: dict = {}
+    for choice in _choices("benchmark"):
+        node = OmegaConf.to_container(_compose([f"benchmark={choice}"])["benchmark"])
+        by_name.setdefault(node["name"], []).append((choice, set(node)))
+    for name, variants in by_name.items():
+        keys = [k for _, k in variants]
+        assert all(k == keys[0] for k in keys), f"benchmark variants of {name} drifted apart: {variants}"
+    cfg = _compose(["benchmark=mme_hallucination", "benchmark.question_file=/tmp/q.jsonl"])
+    assert cfg.benchmark.question_file == "/tmp/q.jsonl" and list(cfg.benchmark.subtasks) == [
+        "existence", "count", "position", "color"]
+
+
+def test_run_dir_ignores_no_op_null_overrides():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("run_entry", ROOT / "run.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    # damro's alpha defaults to null (the family's paper value): alpha=null is the same run as no override
+    assert mod._slug("intervention.alpha=null,run.limit=3", "damro") == mod._slug("run.limit=3", "damro")
+    assert mod._slug("intervention.alpha=null", "damro") == "default"
+    assert mod._slug("intervention.alpha=null", "vcd") != "default"  # vcd's alpha is 1.0: null is a change
+    assert mod._slug("intervention.layers=[1,2],intervention.alpha=0", "head_guide") == (
+        "intervention.layers=_1,2_,intervention.alpha=0")
