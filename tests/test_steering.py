@@ -182,6 +182,26 @@ def test_lambda_zero_reproduces_the_baseline(name, tiny_adapters, vti_vectors, r
     assert torch.equal(adapter.model(**batch.inputs).logits.detach(), plain)  # and removed after it
 
 
+def test_every_session_steers_the_same_whatever_the_hook_order(tiny_adapters, random_vectors, coco_images):
+    """transformers 5 records `hidden_states` (LLaVA's projector input) with hooks it installs on the first
+    forward that asks for them; steering must reach those recorders in the first session and in every later one."""
+    from harness.models.loader import load_adapter
+
+    for name, shared in tiny_adapters.items():  # every tiny family, new ones included
+        adapter = load_adapter({"name": name, "tiny": name, "family": shared.family})  # no forward run yet
+        batch = _first_batch(adapter, coco_images)
+        steer = _steer(random_vectors[name], lam=1.0)
+        steer.setup(adapter)
+        runs = []
+        for _ in range(2):  # the 1st registers before the recorders exist, the 2nd after
+            with steer.session(adapter, batch), torch.inference_mode():
+                runs.append(adapter.model(**batch.inputs).logits)
+        with torch.inference_mode():
+            plain = adapter.model(**batch.inputs).logits
+        assert torch.equal(runs[0], runs[1]), f"{name}: {float((runs[0] - runs[1]).abs().max())}"
+        assert not torch.allclose(runs[1], plain), name
+
+
 def _block_out(adapter, batch, site, layer, intervention=None):
     got = {}
 
