@@ -152,7 +152,7 @@ def principal_direction(diffs: torch.Tensor, combine: str = "pca", scale: str = 
 
     combine:
       - `pca`: the first principal component of the (centred) differences, sign-aligned with their
-        mean (VTI's PCA);
+        mean (VTI's PCA, per slot);
       - `svd`: the top right-singular vector of the uncentred difference matrix E = U S V^T,
         sign-aligned with the mean (VaLSe's formulation);
       - `mean`: the mean difference itself.

@@ -19,6 +19,11 @@ Per layer (and position) the direction is the first principal component of the d
 sign-aligned with their mean difference (`combine: pca`, see `principal_direction` for `svd` and
 `mean`), scaled by the mean difference's projection on it (`scale: projection`).
 
+This per-site form stays the default: each layer (and position) gets its own principal direction,
+and its sign follows the contrast. In the reference, the component's sign comes from `svd_flip` (the
+sign of one row's score, unrelated to the contrast) and is then added to the mean difference, so it
+changes the direction; the paper's lambdas then need the reference application too.
+
 VTI's released code differs; each difference is an option (configs/build_steering.yaml, steer.yaml):
 - `steering.combine: reference` computes the directions exactly as `obtain_textual_vti` /
   `obtain_visual_vti`: one PCA over all layers concatenated (text) or over VTI's (layer, token)
