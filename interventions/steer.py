@@ -1,4 +1,4 @@
-"""Latent steering: add lam * direction to block outputs during generation (VTI, VaLSe directions).
+"""Latent steering: shift decoder / vision hidden states by lam * direction during generation (VTI, VaLSe).
 
     python scripts/build_steering.py model=llava15_7b steering.method=vti steering.out=outputs/steering/llava_vti
     python run.py model=llava15_7b intervention=steer intervention.vectors=outputs/steering/llava_vti \
@@ -6,18 +6,33 @@
 
 Directions (interventions/steering/: `vti` = Liu et al. 2024, arXiv:2410.15778; `valse` = Chen et al.
 2025, arXiv:2505.17812, our reimplementation) are stored as `<vectors>.safetensors` + `<vectors>.json`.
-While a batch is generated, forward hooks on the adapter's sites add
-- `lam_text * text.<l>` to the output of decoder block l (the residual stream), at every position
-  (`positions: all`) or only the last position of each forward call (`positions: last`: the last
-  prompt token at prefill, then each new token);
-- `lam_vision * vision.<l>` to the output of vision encoder block l, per token position when the
-  direction is [positions, hidden] (every image / AnyRes tile gets the same per-position shift).
-  LLaVA reads its penultimate vision block (`vision_feature_layer: -2`), so steering the last vision
-  block changes nothing there.
+While a batch is generated, forward hooks change, for each steered layer l,
+- `site: block` (default): the output of block l (the residual stream);
+  `site: mlp`: the output of block l's MLP, before the residual add (VTI's released code);
+- `mode: add` (default): `h + lam * d`;
+  `mode: renorm`: `normalize(normalize(h) + 0.1 * lam * normalize(d)) * |h|` (VTI's `VTILayer`);
+with `lam_text` for decoder blocks (`text.<l>`) at every position (`positions: all`) or only the last
+position of each forward call (`positions: last`: the last prompt token at prefill, then each new
+token), and `lam_vision` for vision encoder blocks (`vision.<l>`), per token position when the
+direction is [positions, hidden] (every image / AnyRes tile gets the same per-position shift).
+LLaVA reads its penultimate vision block (`vision_feature_layer: -2`), so steering the last vision
+block changes nothing there.
+
+VTI's own form is `site=mlp mode=renorm` on vectors built with `steering.combine=reference`; the
+paper's lambdas (0.8 text, 0.9 vision on LLaVA-1.5) are on that scale only: with `mode: add` the same
+lam moves the model far more (tiny_llava, reference vectors from the 6 shipped pairs, lam_text=0.8:
+largest logit change 0.83 added to block outputs, 0.03 in VTI's form). The default
+stays `block` + `add`, which is the form both papers write (an additive shift of the latent states,
+VaLSe's x_l + lam * v_l) and the one VaLSe vectors are built for; with `scale: projection` directions
+lam=1 shifts by the average contrast. Vectors built with `combine=reference` and applied in another
+form log a note.
+
 `lam_text` / `lam_vision` default to `lam`; a modality whose lam is 0 adds no hook at all, so lam=0
 reproduces the baseline exactly. `layers` / `vision_layers`: which of the file's layers to steer
 (null: all in the file). The file's model family must match the model's, and shapes must match its
-hidden sizes. The hooks exist only inside the session.
+hidden sizes. The hooks exist only inside the session, and run before any other hook on their
+modules (`prepend`), so transformers' lazily installed `hidden_states` recorders (LLaVA's projector
+input) always see the steered values, whatever the batch order.
 """
 from __future__ import annotations
 
@@ -31,60 +46,28 @@ import torch
 from harness.hooks import forward_hooks
 from harness.registry import INTERVENTIONS
 from interventions.base import GenerationPlan, Intervention
+from interventions.steering.apply import MODES, POSITIONS, SITES, check_choice, steering_hooks
 
 log = logging.getLogger("halluc_bench")
-POSITIONS = ("all", "last")
-
-
-def _text_hook(delta: torch.Tensor, positions: str):
-    from interventions.steering import block_output, with_block_output
-
-    def hook(module, args, out):
-        h = block_output(out)
-        d = delta if delta.device == h.device else delta.to(h.device)  # device_map: blocks on several GPUs
-        if positions == "last":
-            h = h.clone()
-            h[:, -1] = h[:, -1] + d
-        else:
-            h = h + d
-        return with_block_output(out, h)
-
-    return hook
-
-
-def _vision_hook(delta: torch.Tensor, layer: int):
-    from interventions.steering import block_output, with_block_output
-
-    def hook(module, args, out):
-        h = block_output(out)
-        if delta.dim() == 2 and h.shape[-2] != delta.shape[0]:
-            raise ValueError(f"vision.{layer} has {delta.shape[0]} positions but vision block {layer} outputs "
-                             f"{h.shape[-2]}; build the vectors for this model and image resolution")
-        d = delta if delta.device == h.device else delta.to(h.device)
-        return with_block_output(out, h + d)
-
-    return hook
 
 
 @INTERVENTIONS.register("steer")
 class Steer(Intervention):
-    """Add lam * direction to decoder and/or vision block outputs (directions from scripts/build_steering.py)."""
+    """Shift decoder and/or vision hidden states by lam * direction (directions from scripts/build_steering.py)."""
 
     name = "steer"
     strength_key = "lam"
 
     def __init__(self, cfg=None):
         super().__init__(cfg)
-        positions = self.cfg.get("positions") or "all"
-        if positions not in POSITIONS:
-            raise ValueError(f"intervention.positions={positions!r}; valid choices: {', '.join(POSITIONS)}")
-        self.positions = positions
+        self.positions = check_choice("intervention.positions", self.cfg.get("positions") or "all", POSITIONS)
+        self.site = check_choice("intervention.site", self.cfg.get("site") or "block", SITES)
+        self.mode = check_choice("intervention.mode", self.cfg.get("mode") or "add", MODES)
         self.lam_text = self._lam("lam_text")
         self.lam_vision = self._lam("lam_vision")
         self._hooks: dict = {}
         self._ready = False
         self.sidecar: dict = {}
-        self.deltas: dict[str, torch.Tensor] = {}
 
     def _lam(self, key: str) -> float:
         value = self.cfg.get(key)
@@ -113,8 +96,8 @@ class Steer(Intervention):
         return self.name + (" " + ", ".join(f"{k}={v}" for k, v in p.items()) if p else "")
 
     def setup(self, adapter: Any) -> None:
-        """Load the vectors, check family and shapes, and prepare the hooks (lam folded in)."""
-        from interventions.steering import block_path, text_hidden_size, vision_hidden_size
+        """Load the vectors, check family, shapes and sites, and prepare the hooks (lam folded in)."""
+        from interventions.steering import text_hidden_size, vision_hidden_size
         from interventions.steering.io import load_steering, parse_name
 
         vectors = self.cfg.get("vectors")
@@ -135,12 +118,14 @@ class Steer(Intervention):
         for name, t in tensors.items():
             kind, layer = parse_name(name)
             by_kind[kind][layer] = t
-        dtype = next(adapter.model.parameters()).dtype
+        if sidecar.get("combine") == "reference" and (self.site, self.mode) != ("mlp", "renorm"):
+            log.info("steering vectors %s follow VTI's released code (combine=reference), which applies them with "
+                     "intervention.site=mlp intervention.mode=renorm; applying with site=%s mode=%s",
+                     vectors, self.site, self.mode)
         hooks: dict = {}
-        self.deltas = {}
-        plans = [("text", "decoder_layers", self.cfg.get("layers"), self.lam_text, text_hidden_size(adapter)),
-                 ("vision", "vision_layers", self.cfg.get("vision_layers"), self.lam_vision, vision_hidden_size(adapter))]
-        for kind, site, wanted, lam, width in plans:
+        plans = [("text", self.cfg.get("layers"), self.lam_text, text_hidden_size(adapter)),
+                 ("vision", self.cfg.get("vision_layers"), self.lam_vision, vision_hidden_size(adapter))]
+        for kind, wanted, lam, width in plans:
             available = by_kind[kind]
             layers = sorted(available) if wanted is None else [int(l) for l in wanted]
             missing = [l for l in layers if l not in available]
@@ -153,12 +138,8 @@ class Steer(Intervention):
                     want = f"[{width}]" if kind == "text" else f"[{width}] or [positions, {width}]"
                     raise ValueError(f"{kind}.{l} in {vectors} has shape {list(t.shape)}; model {adapter.name!r} "
                                      f"needs {want}")
-                path = block_path(adapter, site, l)
-                if lam == 0.0:
-                    continue  # strength 0: no hook, the baseline exactly
-                delta = (lam * t.float()).to(device=adapter.device, dtype=dtype)
-                self.deltas[f"{kind}.{l}"] = delta
-                hooks[path] = _text_hook(delta, self.positions) if kind == "text" else _vision_hook(delta, l)
+            hooks.update(steering_hooks(adapter, kind, {l: available[l] for l in layers}, lam, self.site, self.mode,
+                                        self.positions))
         self._hooks = hooks
         self._ready = True
 
@@ -170,5 +151,5 @@ class Steer(Intervention):
         if not self._hooks:
             yield GenerationPlan()
             return
-        with forward_hooks(adapter.model, self._hooks):
+        with forward_hooks(adapter.model, self._hooks, prepend=True):  # before transformers' output recorders
             yield GenerationPlan()

@@ -6,6 +6,8 @@ Methods: `vti` (Liu et al. 2024, "Reducing Hallucinations in Vision-Language Mod
 Steering") and `valse` (Chen et al. 2025, "Seeing It or Not? Interpretable Vision-aware Latent
 Steering...", our reimplementation). Config: configs/build_steering.yaml. Apply with
 `python run.py model=<same model> intervention=steer intervention.vectors=PATH`.
+VTI exactly as its released code: `steering.combine=reference` here (plus, as its scripts,
+`steering.vti.answer_separator=""`), then `intervention.site=mlp intervention.mode=renorm` when applying.
 """
 from __future__ import annotations
 
@@ -35,7 +37,9 @@ def main(cfg: DictConfig) -> str:
     summary = {k: sidecar.get(k) for k in ("method", "layers", "hidden_size", "counts")}
     print(json.dumps(summary, indent=1))
     print(f"written: {st_path} and {js_path}")
-    print(f"apply with: python run.py model={c['model']['name']} intervention=steer intervention.vectors={st_path.with_suffix('')}")
+    form = " intervention.site=mlp intervention.mode=renorm" if sidecar.get("combine") == "reference" else ""
+    print(f"apply with: python run.py model={c['model']['name']} intervention=steer "
+          f"intervention.vectors={st_path.with_suffix('')}{form}")
     return str(st_path)
 
 

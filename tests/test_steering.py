@@ -182,6 +182,26 @@ def test_lambda_zero_reproduces_the_baseline(name, tiny_adapters, vti_vectors, r
     assert torch.equal(adapter.model(**batch.inputs).logits.detach(), plain)  # and removed after it
 
 
+def test_every_session_steers_the_same_whatever_the_hook_order(tiny_adapters, random_vectors, coco_images):
+    """transformers 5 records `hidden_states` (LLaVA's projector input) with hooks it installs on the first
+    forward that asks for them; steering must reach those recorders in the first session and in every later one."""
+    from harness.models.loader import load_adapter
+
+    for name, shared in tiny_adapters.items():  # every tiny family, new ones included
+        adapter = load_adapter({"name": name, "tiny": name, "family": shared.family})  # no forward run yet
+        batch = _first_batch(adapter, coco_images)
+        steer = _steer(random_vectors[name], lam=1.0)
+        steer.setup(adapter)
+        runs = []
+        for _ in range(2):  # the 1st registers before the recorders exist, the 2nd after
+            with steer.session(adapter, batch), torch.inference_mode():
+                runs.append(adapter.model(**batch.inputs).logits)
+        with torch.inference_mode():
+            plain = adapter.model(**batch.inputs).logits
+        assert torch.equal(runs[0], runs[1]), f"{name}: {float((runs[0] - runs[1]).abs().max())}"
+        assert not torch.allclose(runs[1], plain), name
+
+
 def _block_out(adapter, batch, site, layer, intervention=None):
     got = {}
 
@@ -257,10 +277,12 @@ def test_build_script_then_run_py_with_steer(tmp_path):
     out = tmp_path / "vec"
     proc = run_cli(["scripts/build_steering.py", "model=tiny_llava", "steering.method=vti", f"steering.out={out}",
                     "steering.num_pairs=3", "steering.vti.num_masks=2", "run.num_threads=1",
+                    "steering.combine=reference", 'steering.vti.answer_separator=""',
                     f"hydra.run.dir={tmp_path / 'build'}"])
-    assert "written:" in proc.stdout
+    assert "written:" in proc.stdout and "intervention.site=mlp intervention.mode=renorm" in proc.stdout
     side = json.loads((tmp_path / "vec.json").read_text())
     assert side["model"]["name"] == "tiny_llava" and side["data"]["num_pairs"] == 3
+    assert (side["combine"], side["text_last"], side["answer_separator"]) == ("reference", "final_norm", "")
     assert (tmp_path / "vec.safetensors").exists()
     # `python run.py model=tiny_llava intervention=steer intervention.vectors=OUT ...`, composed in-process
     # (same config and job code as the CLI; saves a second interpreter start on a loaded machine)
@@ -272,11 +294,13 @@ def test_build_script_then_run_py_with_steer(tmp_path):
     run_dir.mkdir()
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[
-            "model=tiny_llava", "intervention=steer", f"intervention.vectors={out}", "intervention.lam=0.5",
+            "model=tiny_llava", "intervention=steer", f"intervention.vectors={out}", "intervention.lam=0.8",
+            "intervention.site=mlp", "intervention.mode=renorm",
             "benchmark=smoke", "run.limit=4", f"results_store={tmp_path / 'r.jsonl'}"])
     scores = run_job(cfg, run_dir)
     assert scores["n"] == 4
     records = [json.loads(l) for l in (run_dir / "answers.jsonl").read_text().splitlines()]
     assert len(records) == 4
-    assert records[0]["fingerprint"]["intervention"]["params"]["vectors_sha256"]
+    params = records[0]["fingerprint"]["intervention"]["params"]
+    assert params["vectors_sha256"] and (params["site"], params["mode"]) == ("mlp", "renorm")
     assert json.loads((tmp_path / "r.jsonl").read_text().splitlines()[0])["intervention"] == "steer"

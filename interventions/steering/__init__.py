@@ -5,10 +5,14 @@ Build with `python scripts/build_steering.py model=... steering.method=vti|valse
 
 - `interventions.steering.vti`: Visual and Textual Intervention (Liu et al., 2024).
 - `interventions.steering.valse`: Vision-aware Latent Steering (Chen et al., 2025), our reimplementation.
+- `interventions.steering.reference`: VTI's released computations (`combine: reference`, renorm).
+- `interventions.steering.apply`: where and how `steer` applies a direction (`site`, `mode`).
 - `interventions.steering.pairs`: contrastive pair data; `interventions.steering.io`: safetensors + sidecar.
 
-Directions live at the outputs of blocks: `text.<l>` at decoder block l (the residual stream),
-`vision.<l>` at vision encoder block l; the same sites the `steer` intervention hooks.
+Directions are read at the outputs of blocks: `text.<l>` at decoder block l (the residual stream;
+with `steering.vti.text_last: final_norm` the last one after the final norm, as VTI),
+`vision.<l>` at vision encoder block l. `steer` applies them to block l's output (`site: block`)
+or to its MLP's output (`site: mlp`, VTI's code).
 """
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ import torch
 from harness.hooks import forward_hooks
 
 METHODS = ("vti", "valse")
-COMBINES = ("pca", "svd", "mean", "reference")
+COMBINES = ("pca", "svd", "mean")  # per-slot; VTI also takes "reference" (interventions/steering/reference.py)
 SCALES = ("projection", "unit")
 
 
@@ -95,9 +99,9 @@ def encode(adapter: Any, image: Any, text: str) -> dict:
     return adapter.to_model(enc)
 
 
-def answer_text(adapter: Any, question: str, answer: str) -> str:
-    """The templated prompt for `question` followed by `answer` (teacher forcing)."""
-    return adapter.format_prompt(question) + " " + answer.strip()
+def answer_text(adapter: Any, question: str, answer: str, sep: str = " ") -> str:
+    """The templated prompt for `question`, then `sep`, then `answer` (teacher forcing)."""
+    return adapter.format_prompt(question) + sep + answer.strip()
 
 
 def vision_forward(adapter: Any, pixel_values: torch.Tensor) -> Any:
@@ -148,11 +152,12 @@ def principal_direction(diffs: torch.Tensor, combine: str = "pca", scale: str = 
 
     combine:
       - `pca`: the first principal component of the (centred) differences, sign-aligned with their
-        mean (VTI's PCA);
+        mean (VTI's PCA, per slot);
       - `svd`: the top right-singular vector of the uncentred difference matrix E = U S V^T,
         sign-aligned with the mean (VaLSe's formulation);
-      - `mean`: the mean difference itself;
-      - `reference`: unit first PC + mean difference, what VTI's released code computes.
+      - `mean`: the mean difference itself.
+    (VTI's released computation, `combine: reference`, groups the slots differently:
+    interventions/steering/reference.py.)
     scale (for pca/svd): `projection` multiplies the unit vector by the mean difference's length
     along it (so lam=1 shifts by the average contrast), `unit` keeps it unit-norm.
     """
@@ -161,18 +166,16 @@ def principal_direction(diffs: torch.Tensor, combine: str = "pca", scale: str = 
     if scale not in SCALES:
         raise ValueError(f"scale={scale!r}; valid choices: {', '.join(SCALES)}")
     x = diffs.float()
-    if x.shape[0] < 2 and combine in ("pca", "svd", "reference"):
+    if x.shape[0] < 2 and combine in ("pca", "svd"):
         raise ValueError(f"{combine} needs at least 2 difference rows, got {x.shape[0]}; use more pairs")
     mean = x.mean(0)
     if combine == "mean":
         return mean
-    z = x - mean if combine in ("pca", "reference") else x
+    z = x - mean if combine == "pca" else x
     _, _, vh = torch.linalg.svd(z.movedim(0, -2), full_matrices=False)  # [*S, N, D] -> vh [*S, k, D]
     pc = vh[..., 0, :]
     sign = torch.sign((pc * mean).sum(-1, keepdim=True))
     pc = pc * torch.where(sign == 0, torch.ones_like(sign), sign)
-    if combine == "reference":
-        return pc + mean
     if scale == "unit":
         return pc
     return pc * (pc * mean).sum(-1, keepdim=True)

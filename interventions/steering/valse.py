@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 
-from interventions.steering import (answer_text, capture_blocks, encode, mask_patches, patch_grid,
+from interventions.steering import (COMBINES, answer_text, capture_blocks, encode, mask_patches, patch_grid,
                                     patch_size, principal_direction)
 
 
@@ -146,6 +146,9 @@ def build_valse(adapter: Any, pairs: list, num_tokens: int = 3, mask_ratio: floa
     """VaLSe-style text directions ({'text.<l>': [D]}, info for the sidecar)."""
     if int(num_tokens) < 1:
         raise ValueError(f"steering.valse.num_tokens={num_tokens} must be >= 1")
+    if combine not in COMBINES:
+        raise ValueError(f"steering.combine={combine!r} for valse; valid choices: {', '.join(COMBINES)} "
+                         "(`reference` is VTI's released computation, steering.method=vti)")
     generator = torch.Generator().manual_seed(int(seed))
     patch = patch_size(adapter)
     layers = list(range(adapter.num_layers))
