@@ -218,9 +218,11 @@ class POPE(Benchmark):
                     return f"the ids match the POPE {version} question file: set benchmark.version={version}"
         return ""
 
-    def score(self, records: list[dict], source: str = "answers") -> dict:
-        """Per-split confusion counts and metrics (percent); with split=all also their means."""
-        items = self.items()
+    def answers_by_id(self, records: list[dict], source: str) -> tuple[dict[str, dict], dict]:
+        """Answer records keyed by item id, checked against the items; plus extra counts for the scores.
+
+        A missing, unknown or duplicate id raises (with a hint when the ids fit another reading).
+        """
         def normalised(i: int, rec: dict) -> dict:
             if "answer" not in rec or "question_id" not in rec:
                 rec = normalise_record(rec, self.cfg["answer_key"], self.cfg["id_key"], f"{source}, record {i + 1}")
@@ -229,36 +231,49 @@ class POPE(Benchmark):
         records = [normalised(i, r) for i, r in enumerate(records)]
         self._combined = self._uses_combined_ids(records)
         by_id = index_by_id(records, source, key=self.answer_id)
+        all_ids = set(by_id)
+        extra = self.set_aside(by_id)
         try:
-            match_ids([it.question_id for it in items], by_id, source)
+            match_ids([it.question_id for it in self.items()], by_id, source)
         except AnswerMismatchError as e:
-            hint = self._mismatch_hint(set(by_id))
+            hint = self._mismatch_hint(all_ids)
             if hint:
                 e.args = (f"{e.args[0]}; hint: {hint}",)
             raise
+        return by_id, extra
 
+    def set_aside(self, by_id: dict[str, dict]) -> dict:
+        """Remove answers that are known but not scored from `by_id`; returns counts for the scores (none here)."""
+        return {}
+
+    def split_metrics(self, split: str, by_id: dict[str, dict]) -> dict:
+        """Confusion counts and metrics of one split; answers the parser drops (pred None) are left out."""
         parser_name = self.cfg["parser"]
         parser = get_parser(parser_name)
-        per_split: dict[str, dict] = {}
-        for split in self.splits:
-            preds, labels, unparsed, ambiguous = [], [], 0, 0
-            for it in items:
-                if it.meta["split"] != split:
-                    continue
-                label = it.meta["label"]
-                parsed = parser(by_id[str(it.question_id)]["answer"], label)
-                preds.append(parsed.pred)
-                labels.append(label)
-                unparsed += parsed.unparsed
-                ambiguous += parsed.ambiguous
-            m = binary_metrics(preds, labels)
-            m["unparsed"] = unparsed
-            if parser_name == "substring":
-                m["ambiguous"] = ambiguous
-            per_split[split] = m
+        preds, labels, unparsed, ambiguous = [], [], 0, 0
+        for it in self.items():
+            if it.meta["split"] != split:
+                continue
+            label = it.meta["label"]
+            parsed = parser(by_id[str(it.question_id)]["answer"], label)
+            unparsed += parsed.unparsed
+            ambiguous += parsed.ambiguous
+            if parsed.pred is None:
+                continue
+            preds.append(parsed.pred)
+            labels.append(label)
+        m = binary_metrics(preds, labels)
+        m["unparsed"] = unparsed
+        if parser_name == "substring":
+            m["ambiguous"] = ambiguous
+        return m
 
+    def score(self, records: list[dict], source: str = "answers") -> dict:
+        """Per-split confusion counts and metrics (percent); with split=all also their means."""
+        by_id, extra = self.answers_by_id(records, source)
+        per_split = {split: self.split_metrics(split, by_id) for split in self.splits}
         if len(self.splits) == 1:
-            out1 = per_split[self.splits[0]]
+            out1 = {**per_split[self.splits[0]], **extra}
             if self._combined:
                 out1["id_format"] = "llava_combined"
             return out1
@@ -268,7 +283,7 @@ class POPE(Benchmark):
             out[key] = out[f"mean_{key}"]
         out["n"] = sum(per_split[s]["n"] for s in self.splits)
         out["unparsed"] = sum(per_split[s]["unparsed"] for s in self.splits)
+        out.update(extra)
         if self._combined:
             out["id_format"] = "llava_combined"
         return out
-

@@ -24,6 +24,11 @@ POPE parsers (``POPE_PARSERS``), each ``parser(answer, label) -> Parsed``:
 - ``startswith``: LVLM-LP ``Task5_POPE_eval.ipynb``: yes iff the lower-cased answer starts
   with 'yes', else no. An answer starting with neither 'yes' nor 'no' is counted as **no**,
   as the reference does, and flagged ``unparsed``.
+- ``repope``: RePOPE ``src/eval_utils.py`` ``compute_answer``: lower-case; 'yes' is a
+  substring -> yes; else 'no' is a substring -> no (its further 'not' test can never fire,
+  'not' holds 'no'); else **no prediction** (``pred`` None): the answer falls in no cell of
+  the confusion matrix, so it drops out of every metric; it is flagged ``unparsed`` and
+  counted. "Yes, there is no dog" -> yes; "I don't know" and "nothing" -> no.
 
 MME (``parse_mme``): the official eval tool's ``calculation.py``: lower-case; exactly 'yes'
 or 'no' is taken as is; otherwise 'yes' if the first 4 characters contain "yes", else 'no'
@@ -41,7 +46,7 @@ YES, NO = "yes", "no"
 class Parsed:
     """A parsed yes/no answer: the prediction the reference tool scores, and diagnostics."""
 
-    pred: str  # "yes" or "no", as the reference scorer counts it
+    pred: str | None  # "yes" or "no", as the reference scorer counts it; None: the reference drops it
     unparsed: bool = False  # the answer gave neither a yes nor a no signal to this parser
     ambiguous: bool = False  # the answer gave both signals (substring parser only)
 
@@ -89,10 +94,21 @@ def parse_startswith(answer: object, label: str | None = None) -> Parsed:
     return Parsed(NO, unparsed=not text.startswith(NO))
 
 
+def parse_repope(answer: object, label: str | None = None) -> Parsed:
+    """RePOPE ``compute_answer``: 'yes' substring -> yes, else 'no' substring -> no, else dropped."""
+    text = _text(answer).lower()
+    if YES in text:
+        return Parsed(YES)
+    if NO in text:  # also covers the reference's 'not' branch
+        return Parsed(NO)
+    return Parsed(None, unparsed=True)
+
+
 POPE_PARSERS: dict[str, Callable[[object, str], Parsed]] = {
     "llava": parse_llava,
     "substring": parse_substring,
     "startswith": parse_startswith,
+    "repope": parse_repope,
 }
 
 
@@ -123,10 +139,13 @@ def _ratio(num: float, den: float) -> float:
 def binary_metrics(preds: Iterable[str], labels: Iterable[str]) -> dict:
     """Confusion counts and accuracy, precision, recall, F1 and yes ratio (percent) with yes positive.
 
-    A zero denominator gives 0.0 (the reference scripts would raise ZeroDivisionError).
+    A zero denominator gives 0.0 (the reference scripts would raise ZeroDivisionError). Every
+    prediction must be 'yes' or 'no': answers a parser dropped are left out by the caller.
     """
     tp = fp = tn = fn = 0
     for pred, label in zip(preds, labels, strict=True):
+        if pred not in (YES, NO):
+            raise ValueError(f"binary_metrics: prediction must be 'yes' or 'no', got {pred!r}")
         if pred == YES:
             tp, fp = (tp + 1, fp) if label == YES else (tp, fp + 1)
         else:

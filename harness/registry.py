@@ -51,6 +51,8 @@ BENCHMARKS: Registry = Registry(
     (
         "benchmarks.chair",
         "benchmarks.pope",
+        "benchmarks.repope",
+        "benchmarks.amber",
         "benchmarks.smoke",
         "benchmarks.mme",
         "benchmarks.gpt4v_aided",
