@@ -66,6 +66,7 @@ INTERVENTIONS: Registry = Registry(
         "interventions.steer",
         "interventions.warn",
         "interventions.first_token_probe",
+        "interventions.mirage",
     ),
 )
 ADAPTERS: Registry = Registry("model family", ("harness.models.families",))
