@@ -56,10 +56,11 @@ if not OmegaConf.has_resolver("hb_slug"):
 @hydra.main(config_path="configs", config_name="config", version_base="1.3")
 def main(cfg: DictConfig):
     """Run one job in the Hydra run directory and return its scores (None for a waiting shard)."""
-    import torch
     from hydra.core.hydra_config import HydraConfig
 
     if cfg.run.get("num_threads"):
+        import torch  # only here: score-only runs never import torch
+
         torch.set_num_threads(int(cfg.run.num_threads))
     from harness.pipeline import run_job
 

@@ -4,9 +4,16 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
+
+if TYPE_CHECKING:  # numpy is imported lazily: building a benchmark stays cheap
+    import numpy as np
+
+    from harness.stats import Units
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
+#: bootstrap resamples for the confidence intervals when a benchmark config does not set `bootstrap`
+DEFAULT_BOOTSTRAP = 1000
 
 
 @dataclass
@@ -92,6 +99,9 @@ class Benchmark(ABC):
     #: config keys whose values distinguish variants of this benchmark in leaderboards
     label_keys: tuple[str, ...] = ()
 
+    #: "higher" or "lower" is better, per metric (leaderboard arrows); unlisted metrics have no direction
+    metric_directions: Mapping[str, str] = {}
+
     def __init__(self, cfg: Mapping[str, Any] | None = None):
         self.cfg = dict(cfg or {})
 
@@ -121,3 +131,38 @@ class Benchmark(ABC):
         from harness.records import read_answers
 
         return read_answers(path)
+
+    # -- statistics (optional; see harness/stats.py) -----------------------------------------------------------
+    def units(self, records: list[dict], source: str = "answers") -> "Units | None":
+        """Per-unit additive statistics of scored records (None: this benchmark reports no CIs).
+
+        Implement together with `metrics_from_sums`; the metrics of all units must equal `score`'s.
+        """
+        return None
+
+    def metrics_from_sums(self, sums: "np.ndarray") -> dict[str, "np.ndarray"]:
+        """Metrics (dotted keys as in the flattened scores) from (resamples, strata, columns) unit sums."""
+        raise NotImplementedError(f"benchmark {self.name!r} has no per-unit statistics")
+
+    def confidence_intervals(self, records: list[dict], source: str = "answers",
+                             units: "Units | None" = None) -> dict[str, list[float]]:
+        """{metric: [low, high]}: 95% percentile bootstrap over units (`bootstrap` resamples, 0: none)."""
+        from harness.stats import bootstrap_ci
+
+        n = int(self.cfg.get("bootstrap", DEFAULT_BOOTSTRAP) or 0)
+        units = units if units is not None else (self.units(records, source) if n > 0 else None)
+        if n <= 0 or units is None:
+            return {}
+        return bootstrap_ci(self.metrics_from_sums, units, n, int(self.cfg.get("bootstrap_seed", 0) or 0))
+
+    # -- provenance ----------------------------------------------------------------------------------------------
+    def data_files(self) -> list[Path]:
+        """The local files this benchmark's items and ground truth come from (hashed into result provenance)."""
+        return []
+
+    def judge_model(self) -> str | None:
+        """The judge model id for judged benchmarks (None for rule-based scorers)."""
+        judge = self.cfg.get("judge")
+        if isinstance(judge, Mapping):
+            return judge.get("model")
+        return self.cfg.get("judge_model")

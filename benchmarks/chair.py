@@ -29,6 +29,10 @@ IMAGE_SETS = {
     # the 500 images the middle-layers (head_guide) reference evaluated, in its order
     "middle_layers500": ("chair/middle_layers_llava15_500.jsonl", "image_id"),
 }
+CHAIR_DIRECTIONS = {"CHAIRs": "lower", "CHAIRi": "lower", "Recall": "higher", "Precision": "higher", "F1": "higher"}
+#: per-caption unit columns (sums over captions give every CHAIR metric)
+UNIT_COLUMNS = ("captions", "hallucinated_captions", "mentions", "hallucinated_mentions", "recalled",
+                "gt_objects", "words")
 ID_KEYS = ("image_id", "question_id")  # auto-detected id keys, in order
 CAPTION_KEYS = ("caption", "text", "answer")  # auto-detected caption keys, in order
 
@@ -74,6 +78,7 @@ class ChairBenchmark(Benchmark):
 
     name = "chair"
     headline_metrics = ("CHAIRs", "CHAIRi", "Recall", "F1", "Len")
+    metric_directions = CHAIR_DIRECTIONS
     label_keys = ("ground_truth",)
     task = "open"
 
@@ -190,3 +195,46 @@ class ChairBenchmark(Benchmark):
         for imid, cap in pairs:
             out.append(caption_detail(cap, self.ground_truth[imid], imid, self.vocab))
         return out
+
+    # -------------------------------------------------------------- statistics and provenance
+    def units(self, records: list[dict], source: str = "answers"):
+        """One unit per caption: its mention, hallucination, recall and length counts (see UNIT_COLUMNS)."""
+        from harness.stats import Units
+
+        pairs, _ = self._pairs(records, source)
+        rows = []
+        for d in chair_evaluate(pairs, self.ground_truth, self.vocab)["sentences"]:
+            n_h = len(d["mscoco_hallucinated_words"])
+            recalled = len({m["object"] for m in d["mentions"] if not m["hallucinated"]})
+            rows.append((1, int(n_h > 0), len(d["mscoco_generated_words"]), n_h, recalled,
+                         len(d["mscoco_gt_words"]), d["metrics"]["Len"]))
+        return Units([str(i) for i, _ in pairs], rows, UNIT_COLUMNS, [0] * len(rows))
+
+    def metrics_from_sums(self, sums):
+        """CHAIRs, CHAIRi, Recall, Precision, F1 (percent) and Len from per-caption sums."""
+        return chair_metric_arrays(sums, UNIT_COLUMNS)
+
+    def data_files(self) -> list[Path]:
+        """The image-set file and the ground-truth JSON."""
+        from benchmarks.base import DATA_DIR
+        from benchmarks.chair_metric import GROUND_TRUTH_FILES
+
+        files = [DATA_DIR / IMAGE_SETS[self.image_set][0] if self.image_set in IMAGE_SETS else Path(self.image_set)]
+        files.append(GROUND_TRUTH_FILES.get(self.ground_truth_name) or Path(self.ground_truth_name))
+        return [f.expanduser() for f in files]
+
+
+def chair_metric_arrays(sums, columns: tuple[str, ...], stratum=slice(None)) -> dict:
+    """CHAIR metrics (percent; Len in words) per resample from (B, strata, k) sums of UNIT_COLUMNS."""
+    from harness.stats import column, ratio
+
+    def c(name):
+        return column(sums, columns, name, stratum)
+
+    mentions = c("mentions")
+    chair_i = ratio(c("hallucinated_mentions"), mentions)
+    precision = (mentions > 0) * (1.0 - chair_i)
+    recall = ratio(c("recalled"), c("gt_objects"))
+    return {"CHAIRs": 100 * ratio(c("hallucinated_captions"), c("captions")), "CHAIRi": 100 * chair_i,
+            "Recall": 100 * recall, "Precision": 100 * precision,
+            "F1": 100 * ratio(2 * precision * recall, precision + recall), "Len": ratio(c("words"), c("captions"))}

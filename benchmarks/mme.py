@@ -38,6 +38,9 @@ PERCEPTION = ("existence", "count", "position", "color", "posters", "celebrity",
 COGNITION = ("commonsense_reasoning", "numerical_calculation", "text_translation", "code_reasoning")
 HALLUCINATION = ("existence", "count", "position", "color")
 SUBTASKS = PERCEPTION + COGNITION
+GROUPS = {"perception": PERCEPTION, "cognition": COGNITION, "hallucination_total": HALLUCINATION}
+#: per-image unit columns: the image's questions, how many were right, whether all were, and 1 (the image)
+UNIT_COLUMNS = ("questions", "correct", "all_correct", "images")
 #: subtasks whose release folder keeps images in `<subtask>/images/` (the others: `<subtask>/`)
 IMAGES_SUBDIR = ("artwork", "celebrity", "landmark", "posters", "scene")
 YES_NO_INSTRUCTION = re.compile(r"\s*Please answer yes or no\.\s*$")
@@ -111,6 +114,8 @@ class MME(Benchmark):
     name = "mme"
     task = "yes_no"
     headline_metrics = ("hallucination_total", "perception", "cognition")
+    metric_directions = {"hallucination_total": "higher", "perception": "higher", "cognition": "higher",
+                         "acc": "higher", "acc_plus": "higher", "score": "higher"}
 
     def label(self) -> str:
         """'mme', 'mme/hallucination' for the four hallucination subtasks, else 'mme/<subtasks>'."""
@@ -245,8 +250,8 @@ class MME(Benchmark):
                 rec["question_id"] = index[key]
         return records
 
-    def score(self, records: list[dict], source: str = "answers") -> dict:
-        """Per-subtask acc, acc+ and score, and the perception/cognition/hallucination totals."""
+    def _correctness(self, records: list[dict], source: str) -> dict:
+        """Per present subtask: image -> [question right?]; plus the counts `score` reports. Checks the ids."""
         items = self.items()
         def normalised(i: int, rec: dict) -> dict:
             if "answer" not in rec or "question_id" not in rec:
@@ -259,35 +264,41 @@ class MME(Benchmark):
             keep = {k: v for k, v in by_id.items() if k.split("/")[0] not in SUBTASKS or k.split("/")[0] in self.subtasks}
             ignored, by_id = len(by_id) - len(keep), keep
         present = [s for s in self.subtasks if any(k.startswith(s + "/") for k in by_id)]
-        missing_subtasks = [s for s in self.subtasks if s not in present]
         if self.explicit_subtasks or not present:
             expected = [it.question_id for it in items]
         else:
             expected = [it.question_id for it in items if it.meta["subtask"] in present]
         match_ids(expected, by_id, source)
 
+        correct: dict[str, dict[str, list[bool]]] = {s: defaultdict(list) for s in present}
+        other: dict[str, int] = {s: 0 for s in present}
+        disagreements = 0
+        for it in items:
+            subtask = it.meta["subtask"]
+            if subtask not in correct:
+                continue
+            rec = by_id[it.question_id]
+            gt = it.meta["label"]
+            if rec.get("gt") is not None:  # an eval-tool folder is scored with its own gt column
+                folder_gt = normalise_label(rec["gt"], rec.get("where", source))
+                disagreements += folder_gt != gt
+                gt = folder_gt
+            pred = parse_mme(rec["answer"])
+            other[subtask] += pred not in (YES, NO)
+            correct[subtask][it.meta["image_name"]].append(pred == gt)
+        return {"correct": correct, "other": other, "present": present, "ignored": ignored,
+                "disagreements": disagreements, "missing": [s for s in self.subtasks if s not in present]}
+
+    def score(self, records: list[dict], source: str = "answers") -> dict:
+        """Per-subtask acc, acc+ and score, and the perception/cognition/hallucination totals."""
+        c = self._correctness(records, source)
         per: dict[str, dict] = {}
-        unparsed = disagreements = 0
-        for subtask in present:
-            correct_by_image: dict[str, list[bool]] = defaultdict(list)
-            other = 0
-            for it in items:
-                if it.meta["subtask"] != subtask:
-                    continue
-                rec = by_id[it.question_id]
-                gt = it.meta["label"]
-                if rec.get("gt") is not None:  # an eval-tool folder is scored with its own gt column
-                    folder_gt = normalise_label(rec["gt"], rec.get("where", source))
-                    disagreements += folder_gt != gt
-                    gt = folder_gt
-                pred = parse_mme(rec["answer"])
-                other += pred not in (YES, NO)
-                correct_by_image[it.meta["image_name"]].append(pred == gt)
-            n = sum(len(v) for v in correct_by_image.values())
-            acc = 100 * sum(sum(v) for v in correct_by_image.values()) / n
-            acc_plus = 100 * sum(all(v) for v in correct_by_image.values()) / len(correct_by_image)
-            per[subtask] = {"acc": acc, "acc_plus": acc_plus, "score": acc + acc_plus, "n": n, "unparsed": other}
-            unparsed += other
+        for subtask, by_image in c["correct"].items():
+            n = sum(len(v) for v in by_image.values())
+            acc = 100 * sum(sum(v) for v in by_image.values()) / n
+            acc_plus = 100 * sum(all(v) for v in by_image.values()) / len(by_image)
+            per[subtask] = {"acc": acc, "acc_plus": acc_plus, "score": acc + acc_plus, "n": n,
+                            "unparsed": c["other"][subtask]}
 
         def total(group: tuple[str, ...], rounded: bool = False, partial: bool = False) -> float | None:
             scored = [s for s in group if s in per]
@@ -295,17 +306,56 @@ class MME(Benchmark):
                 return None  # a total over part of its subtasks is not that total
             return sum(round(per[s]["score"], 2) if rounded else per[s]["score"] for s in scored)
 
-        groups = {"perception": PERCEPTION, "cognition": COGNITION, "hallucination_total": HALLUCINATION}
-        out: dict[str, Any] = {key: total(g) for key, g in groups.items()}
+        out: dict[str, Any] = {key: total(g) for key, g in GROUPS.items()}
         out["leaderboard_totals"] = {key: (None if total(g, True) is None else round(total(g, True), 2))
-                                     for key, g in groups.items()}
-        out["partial_totals"] = {key: total(g, partial=True) for key, g in groups.items()
+                                     for key, g in GROUPS.items()}
+        out["partial_totals"] = {key: total(g, partial=True) for key, g in GROUPS.items()
                                  if out[key] is None and total(g, partial=True) is not None}
         out.update(per)
         out["n"] = sum(p["n"] for p in per.values())
-        out["unparsed"] = unparsed
-        out["subtasks_scored"] = present
-        out["missing_subtasks"] = missing_subtasks
-        out["gt_disagreements"] = disagreements
-        out["ignored_other_subtasks"] = ignored
+        out["unparsed"] = sum(c["other"].values())
+        out["subtasks_scored"] = c["present"]
+        out["missing_subtasks"] = c["missing"]
+        out["gt_disagreements"] = c["disagreements"]
+        out["ignored_other_subtasks"] = c["ignored"]
         return out
+
+    # -- statistics and provenance --------------------------------------------------------------------------
+    def units(self, records: list[dict], source: str = "answers"):
+        """One unit per (subtask, image): its question pair's counts (see UNIT_COLUMNS); stratum = subtask."""
+        from harness.stats import Units
+
+        c = self._correctness(records, source)
+        ids, rows, strata = [], [], []
+        for subtask, by_image in c["correct"].items():
+            for image, right in by_image.items():
+                ids.append(f"{subtask}/{image}")
+                rows.append((len(right), sum(right), int(all(right)), 1))
+                strata.append(self.subtasks.index(subtask))
+        return Units(ids, rows, UNIT_COLUMNS, strata, self.subtasks)
+
+    def metrics_from_sums(self, sums):
+        """Per-subtask acc, acc_plus, score (dotted keys) and the complete totals, from per-image sums."""
+        from harness.stats import column, ratio
+
+        out, scores = {}, {}
+        for i, subtask in enumerate(self.subtasks):
+            images = column(sums, UNIT_COLUMNS, "images", i)
+            if not images[0]:
+                continue  # not answered
+            acc = 100 * ratio(column(sums, UNIT_COLUMNS, "correct", i), column(sums, UNIT_COLUMNS, "questions", i))
+            acc_plus = 100 * ratio(column(sums, UNIT_COLUMNS, "all_correct", i), images)
+            scores[subtask] = acc + acc_plus
+            out.update({f"{subtask}.acc": acc, f"{subtask}.acc_plus": acc_plus, f"{subtask}.score": acc + acc_plus})
+        for key, group in GROUPS.items():
+            if all(s in scores for s in group):
+                out[key] = sum(scores[s] for s in group)
+        return out
+
+    def data_files(self) -> list[Path]:
+        """The official ground-truth lists of the chosen subtasks (or the local question file)."""
+        qf = self.cfg.get("question_file")
+        if qf:
+            p = Path(str(qf)).expanduser()
+            return [p] if p.is_file() else []
+        return [GT_DIR / f"{s}.txt" for s in self.subtasks]

@@ -31,7 +31,8 @@ from typing import Any, Mapping
 from benchmarks.base import (DATA_DIR, AnswerMismatchError, Benchmark, Item, embedded_image, index_by_id,
                              match_ids)
 from benchmarks.loading import load_question_records
-from benchmarks.yes_no import binary_metrics, get_parser, normalise_label
+from benchmarks.yes_no import (BINARY_DIRECTIONS, CONFUSION_COLUMNS, binary_metric_arrays, binary_metrics,
+                               confusion_row, get_parser, normalise_label)
 from harness.records import normalise_record, read_answers
 from harness.registry import BENCHMARKS
 
@@ -100,6 +101,7 @@ class POPE(Benchmark):
     task = "yes_no"
     headline_metrics = ("accuracy", "f1", "yes_ratio")
     label_keys = ("dataset", "split", "version", "parser")
+    metric_directions = BINARY_DIRECTIONS
 
     def __init__(self, cfg: Mapping[str, Any] | None = None):
         super().__init__({**DEFAULTS, **dict(cfg or {})})
@@ -287,3 +289,40 @@ class POPE(Benchmark):
         if self._combined:
             out["id_format"] = "llava_combined"
         return out
+
+    def _predictions(self, records: list[dict], source: str) -> list[tuple[Item, Any]]:
+        """(item, parsed answer) for every scored item, in item order; checks that the answers match the items."""
+        by_id, _ = self.answers_by_id(records, source)
+        parser = get_parser(self.cfg["parser"])
+        return [(it, parser(by_id[str(it.question_id)]["answer"], it.meta["label"])) for it in self.items()]
+
+    # -- statistics --------------------------------------------------------------------------------------------
+    def units(self, records: list[dict], source: str = "answers"):
+        """One unit per question: its confusion cell (tp, fp, tn, fn); stratum = split."""
+        from harness.stats import Units
+
+        predictions = [(it, p) for it, p in self._predictions(records, source) if p.pred is not None]
+        return Units([str(it.question_id) for it, _ in predictions],
+                     [confusion_row(p.pred, it.meta["label"]) for it, p in predictions], CONFUSION_COLUMNS,
+                     [self.splits.index(it.meta["split"]) for it, _ in predictions], self.splits)
+
+    def metrics_from_sums(self, sums):
+        """Per-split rates (dotted `<split>.` keys with split=all, plus their means), from confusion sums."""
+        from harness.stats import column
+
+        per = {split: binary_metric_arrays(*(column(sums, CONFUSION_COLUMNS, c, i) for c in CONFUSION_COLUMNS))
+               for i, split in enumerate(self.splits)}
+        if len(self.splits) == 1:
+            return per[self.splits[0]]
+        out = {f"{split}.{k}": v for split, m in per.items() for k, v in m.items()}
+        for key in MEAN_KEYS:
+            out[key] = out[f"mean_{key}"] = sum(per[s][key] for s in self.splits) / len(self.splits)
+        return out
+
+    def data_files(self) -> list[Path]:
+        """The question files of the configured splits (a hub dataset id has no local file)."""
+        qf = self.cfg["question_file"]
+        if qf is None:
+            return [question_file_path(self.cfg["dataset"], s, self.cfg["version"]) for s in self.splits]
+        paths = {Path(str(qf).format(split=s)).expanduser() for s in self.splits}
+        return sorted(p for p in paths if p.is_file())

@@ -8,7 +8,9 @@ objects. It runs in seconds on a tiny model and exercises both scorers end to en
 from __future__ import annotations
 
 from benchmarks.base import DATA_DIR, Benchmark, Item, match_ids
-from benchmarks.yes_no import binary_metrics, get_parser
+from benchmarks.chair import CHAIR_DIRECTIONS, UNIT_COLUMNS, chair_metric_arrays
+from benchmarks.yes_no import (BINARY_DIRECTIONS, CONFUSION_COLUMNS, binary_metric_arrays, binary_metrics,
+                               confusion_row, get_parser)
 from harness.registry import BENCHMARKS
 
 ABSENT_POOL = ("dog", "car", "cat", "bus", "horse", "bicycle", "clock", "umbrella", "laptop", "train")
@@ -24,6 +26,7 @@ class SmokeBenchmark(Benchmark):
 
     name = "smoke"
     headline_metrics = ("CHAIRs", "CHAIRi", "pope_accuracy", "pope_f1")
+    metric_directions = {**CHAIR_DIRECTIONS, **{f"pope_{k}": v for k, v in BINARY_DIRECTIONS.items()}}
     label_keys = ()
 
     def _chair(self):
@@ -68,3 +71,53 @@ class SmokeBenchmark(Benchmark):
             scores["pope_unparsed"] = sum(p.unparsed for p, _ in yn)
         scores["n"] = len(records)
         return scores
+
+    def units(self, records: list[dict], source: str = "answers"):
+        """Caption units (CHAIR counts, stratum "caption") and question units (confusion cells, "yes_no")."""
+        import numpy as np
+
+        from harness.stats import Units
+
+        items = {str(it.question_id): it for it in self.items()}
+        match_ids(items, [r["question_id"] for r in records], source)
+        width = len(UNIT_COLUMNS) + len(CONFUSION_COLUMNS)
+        ids, rows, strata = [], [], []
+        captions = [r for r in records if items[str(r["question_id"])].meta["kind"] == "caption"]
+        if captions:
+            cu = self._chair().units([{"question_id": items[str(r["question_id"])].meta["coco_id"],
+                                       "answer": r["answer"]} for r in captions], source)
+            for r, vals in zip(captions, cu.values):
+                ids.append(str(r["question_id"]))
+                rows.append(np.concatenate([vals, np.zeros(len(CONFUSION_COLUMNS))]))
+                strata.append(0)
+        parser = get_parser(self.cfg.get("parser", "llava"))
+        for r in records:
+            meta = items[str(r["question_id"])].meta
+            if meta["kind"] == "yes_no":
+                ids.append(str(r["question_id"]))
+                cell = confusion_row(parser(r["answer"], meta["label"]).pred, meta["label"])
+                rows.append(np.concatenate([np.zeros(len(UNIT_COLUMNS)), cell]))
+                strata.append(1)
+        return Units(ids, np.reshape(rows, (len(rows), width)), UNIT_COLUMNS + CONFUSION_COLUMNS, strata,
+                     ("caption", "yes_no"))
+
+    def metrics_from_sums(self, sums):
+        """The CHAIR metrics of the captions and the pope_ rates of the questions."""
+        from harness.stats import column
+
+        cols = UNIT_COLUMNS + CONFUSION_COLUMNS
+        out = {}
+        if column(sums, cols, "captions", 0)[0]:
+            out.update(chair_metric_arrays(sums, cols, 0))
+        if column(sums, cols, "tp", 1)[0] + column(sums, cols, "fp", 1)[0] + column(sums, cols, "tn", 1)[0] \
+                + column(sums, cols, "fn", 1)[0]:
+            out.update({f"pope_{k}": v for k, v in
+                        binary_metric_arrays(*(column(sums, cols, c, 1) for c in CONFUSION_COLUMNS)).items()})
+        return out
+
+    def data_files(self) -> list:
+        """The shipped images and the CHAIR ground truth."""
+        from benchmarks.chair_metric import GROUND_TRUTH_FILES
+
+        gt = self.cfg.get("ground_truth", "lemma_pos")
+        return sorted((DATA_DIR / "images").glob("COCO_val2014_*.jpg")) + [GROUND_TRUTH_FILES.get(gt, gt)]

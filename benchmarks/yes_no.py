@@ -165,3 +165,28 @@ def binary_metrics(preds: Iterable[str], labels: Iterable[str]) -> dict:
         "tn": tn,
         "fn": fn,
     }
+
+
+#: per-question unit columns of yes/no benchmarks: confusion-cell indicators (yes is the positive class)
+CONFUSION_COLUMNS = ("tp", "fp", "tn", "fn")
+
+
+def confusion_row(pred: str, label: str) -> tuple[int, int, int, int]:
+    """One question's (tp, fp, tn, fn) indicators."""
+    if pred == YES:
+        return (1, 0, 0, 0) if label == YES else (0, 1, 0, 0)
+    return (0, 0, 0, 1) if label == YES else (0, 0, 1, 0)
+
+
+def binary_metric_arrays(tp, fp, tn, fn) -> dict:
+    """`binary_metrics`' rates (percent) from confusion counts given as arrays (one value per resample)."""
+    from harness.stats import ratio
+
+    n = tp + fp + tn + fn
+    precision, recall = ratio(tp, tp + fp), ratio(tp, tp + fn)
+    return {"accuracy": 100 * ratio(tp + tn, n), "precision": 100 * precision, "recall": 100 * recall,
+            "f1": 100 * ratio(2 * precision * recall, precision + recall), "yes_ratio": 100 * ratio(tp + fp, n)}
+
+
+#: what is better for the binary metrics (yes_ratio has no better side: 50% on balanced sets is the target)
+BINARY_DIRECTIONS = {"accuracy": "higher", "precision": "higher", "recall": "higher", "f1": "higher"}

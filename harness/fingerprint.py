@@ -8,6 +8,8 @@ from importlib import metadata
 from typing import Any, Mapping
 
 PACKAGES = ("torch", "transformers", "tokenizers", "nltk", "peft", "halluc-bench")
+#: benchmark config keys that only change the statistics of the scores, never the answers
+SCORING_ONLY_KEYS = ("bootstrap", "bootstrap_seed")
 
 
 def package_versions() -> dict:
@@ -31,7 +33,7 @@ def make_fingerprint(model_cfg: Mapping, intervention: Any, decoding: Mapping, s
         "decoding": dict(decoding),
         "seed": seed,
         "attn_implementation": model_cfg.get("attn_implementation") or "sdpa",
-        "benchmark": dict(benchmark_cfg),
+        "benchmark": {k: v for k, v in dict(benchmark_cfg).items() if k not in SCORING_ONLY_KEYS},
         "versions": package_versions(),
     }
     stable = {k: v for k, v in fp.items() if k != "versions"}

@@ -9,9 +9,11 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from harness.fingerprint import make_fingerprint
+from harness.provenance import run_provenance, write_provenance
 from harness.registry import BENCHMARKS
 from harness.results import add_result, read_results, result_row, setting_label
 from harness.sharding import merge_shards, shard_file, shard_items, shard_world
+from harness.stats import score_statistics
 
 log = logging.getLogger("halluc_bench")
 
@@ -41,12 +43,17 @@ def score_and_store(bench: Any, records: list[dict], source: str, run_dir: Path,
         keep = {str(r["question_id"]) for r in scored}
         bench.restrict_to([q for q in expected if str(q) in keep])
     scores = bench.score(scored, source=source) if scored else {"n": 0}
+    units_path = score_statistics(bench, scored, source, scores, run_dir)
     if skipped:
         scores["skipped"] = len(skipped)
     (run_dir / "scores.json").write_text(json.dumps(scores, indent=2, default=str) + "\n")
     setting = "" if intervention is None else setting_label(
         cfg["decoding"], cfg.get("seed"), cfg["run"].get("limit") or cfg["benchmark"].get("limit"))
-    row = result_row(cfg["model"], intervention, bench, scores, fingerprint, source, run_dir, setting)
+    fp = fingerprint or next((r.get("fingerprint") for r in scored if isinstance(r.get("fingerprint"), dict)), None)
+    prov = run_provenance(bench, (fp or {}).get("decoding"), (fp or {}).get("seed"), fp)
+    write_provenance(run_dir, bench, prov)
+    row = result_row(cfg["model"], intervention, bench, scores, fingerprint, source, run_dir, setting, prov,
+                     units_path)
     add_result(cfg["results_store"], row)
     return scores
 
@@ -67,7 +74,7 @@ def run_job(cfg: DictConfig, run_dir: Path) -> dict | None:
         records = bench.load_answers(c["answers"])
         c["model"] = {"name": c.get("answers_name") or answers_label(c["answers"])}
         scores = score_and_store(bench, records, str(c["answers"]), run_dir, c, None, None)
-        _print_scores(bench, scores, c)
+        _print_scores(bench, scores, c, run_dir)
         return scores
 
     intervention = build_intervention(c["intervention"])
@@ -101,7 +108,7 @@ def run_job(cfg: DictConfig, run_dir: Path) -> dict | None:
     records = read_jsonl(merged)
     scores = score_and_store(bench, records, str(merged), run_dir, c, intervention, fingerprint,
                              expected=[it.question_id for it in items])
-    _print_scores(bench, scores, c)
+    _print_scores(bench, scores, c, run_dir)
     return scores
 
 
@@ -120,10 +127,11 @@ def _check_fingerprint(out: Path, fingerprint: dict) -> None:
                            f"now {fingerprint['hash']}); use another hydra.run.dir or remove the file")
 
 
-def _print_scores(bench: Any, scores: dict, c: dict) -> None:
-    from harness.leaderboard import leaderboard_frame, to_markdown
+def _print_scores(bench: Any, scores: dict, c: dict, run_dir: Path) -> None:
+    from harness.leaderboard import benchmark_markdown
+    from harness.score_table import scores_table
 
     rows = [r for r in read_results(c["results_store"]) if r["benchmark"] == bench.label()]
-    print(f"\n{bench.label()} scores:")
-    print(json.dumps({k: v for k, v in scores.items() if not isinstance(v, (dict, list))}, indent=1))
-    print("\nleaderboard rows:\n" + to_markdown(leaderboard_frame(rows)))
+    print(f"\nrun directory: {run_dir}")
+    print(f"\n{bench.label()} scores:\n{scores_table(scores)}")
+    print("\nleaderboard rows:\n" + benchmark_markdown(rows, significance=False))

@@ -68,6 +68,7 @@ INTERVENTIONS: Registry = Registry(
         "interventions.steer",
         "interventions.warn",
         "interventions.first_token_probe",
+        "interventions.mirage",
     ),
 )
 FAMILIES: Registry = Registry("model family", ("harness.models.families",))

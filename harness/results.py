@@ -63,8 +63,14 @@ def setting_label(decoding: dict | None, seed: int | None, limit: int | None) ->
 
 
 def result_row(model_cfg: dict, intervention: Any, bench: Any, scores: dict, fingerprint: dict | None,
-               answers_path: str | Path, run_dir: str | Path, setting: str = "") -> dict:
-    """The store row for one scored run."""
+               answers_path: str | Path, run_dir: str | Path, setting: str = "", provenance: dict | None = None,
+               units_path: str | Path | None = None) -> dict:
+    """The store row for one scored run.
+
+    Besides the metrics: their 95% CIs (`ci`), which side is better per metric (`directions`), the per-item
+    units file the leaderboard's paired tests read (`units`), the benchmark's config (`benchmark_cfg`) and
+    the run's provenance (harness commit, versions, dataset hashes, judge, decoding, seed).
+    """
     return {
         "model": model_cfg.get("name"),
         "setting": setting,
@@ -72,9 +78,15 @@ def result_row(model_cfg: dict, intervention: Any, bench: Any, scores: dict, fin
         "params": intervention.params() if intervention is not None else {},
         "intervention_label": intervention.label() if intervention is not None else "external answers",
         "benchmark": bench.label(),
+        "benchmark_name": bench.name,
+        "benchmark_cfg": dict(bench.cfg),
         "headline": list(bench.headline_metrics),
+        "directions": dict(getattr(bench, "metric_directions", {}) or {}),
         "metrics": flatten(scores),
+        "ci": dict(scores.get("ci") or {}),
         "fingerprint": (fingerprint or {}).get("hash"),
         "answers": str(answers_path),
+        "units": str(units_path) if units_path else None,
         "run_dir": str(run_dir),
+        "provenance": provenance or {},
     }

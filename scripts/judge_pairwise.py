@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harness.judge import run_judge  # noqa: E402
+from harness.judge.stats import judge_table  # noqa: E402
 
 log = logging.getLogger("judge_pairwise")
 
@@ -27,6 +28,7 @@ def main(cfg: DictConfig) -> None:
     jc = OmegaConf.to_container(cfg.judge, resolve=True, throw_on_missing=True)
     strict = bool(jc.pop("strict", False))
     scores = run_judge(jc)
+    print(f"output directory: {jc.get('out_dir')}\n{judge_table(scores)}")
     if strict and scores["failures"]:
         log.error("%d judgments failed (strict mode)", len(scores["failures"]))
         sys.exit(1)

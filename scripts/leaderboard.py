@@ -1,7 +1,11 @@
-"""Render the results store as Markdown, CSV and HTML leaderboards (and print the Markdown).
+"""Render the results store as per-benchmark leaderboards: Markdown (printed), tidy CSV and a sortable HTML page.
 
     python scripts/leaderboard.py [--store outputs/results.jsonl] [--out outputs/leaderboard]
                                   [--metrics CHAIRs CHAIRi] [--benchmark pope/coco/random]
+                                  [--model NAME ...] [--no-significance] [--no-plots]
+
+Cells are `value ± half-width` of the 95% bootstrap CI; `*` marks a significant difference (p < 0.05,
+paired permutation test) from the same model's `none` row. The HTML page embeds the sweep plots.
 """
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness.leaderboard import leaderboard_frame, to_markdown, write_leaderboard  # noqa: E402
+from harness.leaderboard import write_leaderboard  # noqa: E402
 from harness.results import read_results  # noqa: E402
 
 
@@ -22,12 +26,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="outputs/leaderboard")
     ap.add_argument("--metrics", nargs="*", default=None, help="metrics to show (default: each benchmark's headline)")
     ap.add_argument("--benchmark", nargs="*", default=None, help="only these benchmark labels")
+    ap.add_argument("--model", nargs="*", default=None, help="only these models")
+    ap.add_argument("--no-significance", action="store_true", help="skip the paired tests against `none` rows")
+    ap.add_argument("--no-plots", action="store_true", help="no sweep plots in the HTML page")
     args = ap.parse_args(argv)
     rows = read_results(args.store)
     if args.benchmark:
         rows = [r for r in rows if r["benchmark"] in args.benchmark]
-    paths = write_leaderboard(rows, args.out, args.metrics)
-    print(to_markdown(leaderboard_frame(rows, args.metrics)))
+    if args.model:
+        rows = [r for r in rows if r["model"] in args.model]
+    paths = write_leaderboard(rows, args.out, args.metrics, significance=not args.no_significance,
+                              plots=not args.no_plots)
+    print(paths["md"].read_text(encoding="utf-8"))
     print("written: " + ", ".join(str(p) for p in paths.values()))
     return 0
 

@@ -1,6 +1,11 @@
 """Plot a metric against a swept intervention parameter from the results store (PNG).
 
-    python scripts/plot_sweep.py --param alpha --metric CHAIRs [--benchmark chair/lemma_pos] [--out sweep.png]
+    python scripts/plot_sweep.py --param alpha --metric CHAIRs [--intervention damro] [--model tiny_llava]
+                                 [--benchmark chair/lemma_pos] [--out sweep.png]
+
+Each series is one (model, intervention, benchmark, setting, other parameters); the 95% CIs are error
+bars and the same model's `none` run is drawn as a dashed line (its CI shaded). Rows without the
+parameter (e.g. a default run whose value is null) are left out.
 """
 from __future__ import annotations
 
@@ -10,8 +15,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness.leaderboard import plot_sweep  # noqa: E402
 from harness.results import read_results  # noqa: E402
+from harness.sweep_plot import plot_sweep  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,10 +26,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--param", required=True)
     ap.add_argument("--metric", required=True)
     ap.add_argument("--benchmark", default=None)
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--intervention", default=None)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
-    out = args.out or f"outputs/plots/{args.metric}_vs_{args.param}.png"
-    print(plot_sweep(read_results(args.store), args.param, args.metric, out, args.benchmark))
+    name = "_".join(x for x in (args.intervention, args.model) if x)
+    out = args.out or f"outputs/plots/{args.metric}_vs_{args.param}{'_' + name if name else ''}.png"
+    try:
+        path = plot_sweep(read_results(args.store), args.param, args.metric, out, args.benchmark, args.model,
+                          args.intervention)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(path)
     return 0
 
 

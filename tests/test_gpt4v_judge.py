@@ -388,3 +388,20 @@ def test_hydra_script_end_to_end(setup, server, tmp_path):
     assert (out / "judgments.jsonl").exists() and (out / ".hydra" / "config.yaml").exists()
     leaked = [p for p in out.rglob("*") if p.is_file() and KEY in p.read_text(errors="replace")]
     assert not leaked and KEY not in r.stdout + r.stderr
+    assert f"output directory: {out}" in r.stdout and "| overall" in r.stdout and "beta - alpha accuracy" in r.stdout
+    assert set(scores["statistics"]["ci"]) == {"alpha.accuracy", "alpha.detailedness", "beta.accuracy",
+                                               "beta.detailedness"}
+
+
+def test_pairwise_statistics_ci_and_paired_difference():
+    from harness.judge.stats import pairwise_statistics
+
+    per_q = [{"a": {"accuracy": 6.0 + (i % 3), "detailedness": 5.0}, "b": {"accuracy": 8.0 + (i % 3), "detailedness": 5.0}}
+             for i in range(30)]
+    st = pairwise_statistics(per_q, ["a", "b"], n_resamples=500)
+    lo, hi = st["ci"]["a.accuracy"]
+    assert lo < 7.0 < hi and st["ci"]["a.detailedness"] == [5.0, 5.0]
+    d = st["difference"]
+    assert d["of"] == "b - a" and d["accuracy"]["diff"] == pytest.approx(2.0) and d["accuracy"]["ci"] == pytest.approx([2.0, 2.0])
+    assert d["accuracy"]["p"] < 0.01 and d["detailedness"]["p"] == 1.0
+    assert pairwise_statistics([], ["a", "b"]) == {}

@@ -32,13 +32,19 @@ def test_default_run_scores_and_prints_leaderboard(reference_run):
         assert key in scores
     assert scores["n"] == 30
     assert "leaderboard rows" in proc.stdout and "tiny_llava" in proc.stdout
+    assert f"run directory: {d}" in proc.stdout and "95% CI" in proc.stdout
+    assert {"CHAIRs", "pope_accuracy"} <= set(scores["ci"]) and (d / "units.json").is_file()
     recs = _answers(d)
     assert len({r["question_id"] for r in recs}) == 30
     fp = recs[0]["fingerprint"]
     assert fp["model"]["name"] == "tiny_llava" and fp["attn_implementation"] == "sdpa"
     assert "torch" in fp["versions"] and fp["hash"]
     row = json.loads((d / "results.jsonl").read_text().splitlines()[-1])
-    assert row["metrics"]["CHAIRs"] == scores["CHAIRs"]
+    assert row["metrics"]["CHAIRs"] == scores["CHAIRs"] and row["ci"] == scores["ci"]
+    prov = row["provenance"]
+    assert prov["decoding"]["strategy"] == "greedy" and prov["seed"] == 0 and prov["versions"]["transformers"]
+    assert "commit" in prov["harness"] or "version" in prov["harness"]
+    assert "benchmarks/data/images/COCO_val2014_000000060623.jpg" in prov["dataset"]["files"]
 
 
 def test_kill_9_then_resume_loses_and_duplicates_nothing(reference_run, tmp_path):
@@ -144,7 +150,7 @@ def test_sweep_rows_land_in_the_store_and_plot(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     out = tmp_path / "lb"
     proc = run_cli(["scripts/leaderboard.py", "--store", str(store), "--out", str(out)])
-    assert "alpha=0" in proc.stdout and "alpha=1" in proc.stdout
+    assert "| vcd alpha=0 |" in proc.stdout and "| vcd |" in proc.stdout  # alpha=1 is vcd's default
     assert (out / "leaderboard.html").exists() and (out / "leaderboard.csv").exists()
 
 

@@ -19,6 +19,7 @@ from benchmarks.base import AnswerMismatchError, Item, index_by_id, match_ids
 from harness.judge.cache import ReplyCache, cache_key, sha256_bytes
 from harness.judge.client import (ChatClient, JudgeError, JudgeHTTPError, image_data_url, read_image,
                                   vision_messages)
+from harness.judge.stats import pairwise_statistics
 
 CRITERIA = ("accuracy", "detailedness")
 FATAL_STATUSES = (401, 403, 404)  # a bad key, model or URL fails every request: stop the run
@@ -238,5 +239,6 @@ def aggregate(records: list[dict], names: Sequence[str], both_orders: bool = Tru
         "by_type": {t: {"n": len(v), **_means(v, names)} for t, v in sorted(types.items())},
         "first_position_advantage": {c: (round(mean(r["raw"][c][0] - r["raw"][c][1] for r in ok), 4) if ok else None)
                                      for c in CRITERIA},
+        "statistics": pairwise_statistics(per_q, names),
         "failures": failures,
     }
