@@ -170,4 +170,6 @@ def test_run_py_score_only_on_published_answers(tmp_path):
                     f"hydra.run.dir={tmp_path / 'run'}", f"results_store={tmp_path / 'r.jsonl'}"])
     scores = json.loads((tmp_path / "run" / "scores.json").read_text())
     expected = RePOPE({"split": "adversarial"}).score(RePOPE().load_answers(LLAVA7B))
+    ci = scores.pop("ci", {})
     assert scores == expected and "repope/adversarial" in proc.stdout
+    assert ci["f1"][0] <= expected["f1"] <= ci["f1"][1]  # confidence intervals over the scored questions
