@@ -10,10 +10,11 @@ do: ``no_image: blank`` (default) shows a white image instead, ``skip`` leaves t
 from any tool (``answers=FILE``, e.g. the reference's result JSON) are scored as they are.
 
 Labels (``judge_mode``): ``judge`` asks the judge with the reference's prompt (correct / incorrect /
-unclear: "incorrect" in the reply -> 0, else "correct" -> 1, else 2); ``rules`` reads yes/no answers
-by rule (``read_yes_no``: the words "yes"/"no" with the other absent) and labels them against
-``gt_answer``, an answer with neither is "unclear"; ``rules_then_judge`` (default) asks the judge
-only for answers the rule cannot read. The consistency check (``consistency_check``) asks, with
+unclear: "incorrect" in the reply -> 0, else "correct" -> 1, else 2; a reply naming none is re-asked
+``judge.parse_retries`` times, which the reference does not do, then counted as unclear as the
+reference does); ``rules`` reads yes/no answers by rule (``read_yes_no``: the word "yes" or "no"
+with the other absent) and labels them against ``gt_answer``, an answer with neither is "unclear";
+``rules_then_judge`` (default) asks the judge only for answers the rule cannot read. The consistency check (``consistency_check``) asks, with
 the reference's second prompt, whether each answer agrees with the answer on figure 0 of its pair;
 rule-readable pairs are compared by rule outside ``judge`` mode. Metrics: see
 ``benchmarks.hallusionbench_metrics``.
@@ -39,7 +40,7 @@ JUDGE_MODES = ("rules", "judge", "rules_then_judge")
 SOURCE_KEYS = ("category", "subcategory", "set_id", "figure_id", "question_id", "visual_input", "gt_answer",
                "question", "gt_answer_details")
 DEFAULTS: dict[str, Any] = {"question_file": None, "split": "train", "image_root": None, "judge_mode": "rules_then_judge",
-                            "consistency_check": True, "no_image": "blank", "prompt_suffix": "", "limit": None,
+                            "consistency_check": True, "consistency_prompt": None, "no_image": "blank", "prompt_suffix": "", "limit": None,
                             "answer_key": None, "max_new_tokens": 64}
 
 
@@ -170,7 +171,8 @@ class HallusionBench(JudgedBenchmark):
                     question=row["question"], gt_answer_details=row["gt_answer_details"], prediction=answers[qid]),
                     parse_correctness, meta={"question_id": qid, "kind": "correctness"}))
         if self.cfg["consistency_check"]:
-            same_prompt = self.load_prompt("consistency", CONSISTENCY_PROMPT, ("prediction", "prediction_on_figure_0"))
+            same_prompt = self.load_prompt("consistency", self.cfg["consistency_prompt"] or CONSISTENCY_PROMPT,
+                                           ("prediction", "prediction_on_figure_0"))
             fig0 = {pair_key(it.meta): str(it.question_id) for it in items if it.meta["figure_id"] == "0"}
             for it in items:
                 qid, ref = str(it.question_id), fig0.get(pair_key(it.meta))

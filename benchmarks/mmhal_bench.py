@@ -9,7 +9,8 @@ Scoring (``eval_gpt_mmhal.py`` of llava-rlhf/LLaVA-RLHF): the judge reads the im
 question, the human answer and the response (text only, no image) and rates it; the rating is the
 single s in 0..6 for which "rating: s" occurs in the lower-cased reply. A reply with none or
 several is re-asked (``judge.parse_retries``) and, if it stays unreadable, counted in
-``parse_failures`` and rated as ``unparsed_rating`` (0, as the reference; null leaves it out).
+``parse_failures`` and rated as ``unparsed_rating`` (0, as the reference; null leaves it out). The
+reference does not re-ask: ``judge.parse_retries=0`` reproduces it exactly.
 Metrics: ``average_score``, ``hallucination_rate`` (share rated < 3, a fraction as the reference
 prints it), the average per question type, and RLAIF-V's ``informativeness``
 (mean of s-3 if s >= 3 else s, / 3 x 100).

@@ -16,7 +16,9 @@ surrounding space, as the reference's loader does. Ground truth: our CHAIR groun
 (``ground_truth: lemma_pos | singularize | path``), built from COCO instances + captions with the
 original CHAIR synonyms; the reference rebuilds it from the COCO annotation files with its refined
 synonyms and lemmatisation without POS, so object sets can differ slightly. Metrics:
-``benchmarks.object_halbench_metric``.
+``benchmarks.object_halbench_metric``. A response whose extraction failed (no reply, or no JSON list
+after ``judge.parse_retries`` re-asks; the reference re-asks up to 100 times, then crashes) is left out
+of the metrics and counted in ``judge.request_failures`` / ``judge.parse_failures``.
 """
 from __future__ import annotations
 

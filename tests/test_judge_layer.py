@@ -164,3 +164,12 @@ def test_pairwise_all_requests_failed_exits_nonzero(server, tmp_path):
                        env={**os.environ, KEY_ENV: KEY}, capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and "all 4 judge requests failed" in r.stdout + r.stderr
     assert KEY not in r.stdout + r.stderr
+
+
+def test_server_down_stops_sending_after_failures_in_a_row(server, tmp_path):
+    server.respond = lambda req, n: (200, {}, chat_reply("4"), 0.0) if n == 0 else (502, {}, "bad gateway", 0.0)
+    engine = JudgeEngine(client(server, max_retries=0), ReplyCache(None), concurrency=1, progress=False,
+                         max_failures_in_a_row=3)
+    out = engine.run([JudgeRequest(f"q{i}", f"q{i}", number) for i in range(20)])
+    assert out[0].value == 4 and [o.status for o in out[1:]] == ["request_failed"] * 19
+    assert len(server.hits) == 4 and sum("not sent" in o.reason for o in out[1:]) == 16

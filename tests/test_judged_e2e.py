@@ -102,6 +102,13 @@ def test_run_writes_judged_scores_then_rerun_hits_the_cache(name, extra, limit, 
     assert again["judge"]["api_calls"] == 0 and len(server.hits) == n
     assert json.loads((run_dir / "scores.json").read_text())["judge"]["api_calls"] == 0
     assert not leaked([run_dir, cache, store])
+    # Another judge: the same answers (same fingerprint, no generation), new requests, its own label.
+    answers = (run_dir / "answers.jsonl").read_text()
+    other = run_in_process([*args, "judge.model=other-judge"], run_dir)
+    assert other["judge"]["id"].startswith("other-judge@") and other["judge"]["api_calls"] > 0
+    assert (run_dir / "answers.jsonl").read_text() == answers
+    assert json.loads(store.read_text().splitlines()[-1])["benchmark"].startswith(f"{name}/")
+    assert "judge=other-judge@" in json.loads(store.read_text().splitlines()[-1])["benchmark"]
 
 
 @pytest.mark.slow

@@ -1,8 +1,9 @@
-"""LLM-as-judge evaluation: a chat-completions client, a reply cache and pairwise comparison.
+"""LLM-as-judge evaluation: a chat-completions client, a reply cache, a request engine and pairwise comparison.
 
-``run_judge(cfg)`` is what ``scripts/judge_pairwise.py`` runs; ``cfg`` holds the keys of
-``configs/judge/default.yaml``. Outputs in ``out_dir``: ``judgments.jsonl`` (one record per
-question and order) and ``scores.json`` (per-system means, overall and per question type).
+``run_judge(cfg)`` is what ``scripts/judge_pairwise.py`` runs; ``cfg`` is its ``judge`` node: the
+pairwise keys of ``configs/judge.yaml`` and the judge settings of ``configs/judge/default.yaml``.
+Outputs in ``out_dir``: ``judgments.jsonl`` (one record per question and order) and ``scores.json``
+(per-system means, overall and per question type).
 The judged benchmarks (``hallusionbench``, ``mmhal_bench``, ``object_halbench``) use the same
 settings, engine and cache through ``benchmarks.judged.JudgedBenchmark``.
 """
@@ -45,7 +46,7 @@ PAIRWISE_PUBLISHED = {"model": "gpt-4o-2024-05-13", "max_tokens": 300, "temperat
 def make_engine(settings: JudgeSettings) -> JudgeEngine:
     """A JudgeEngine for the settings: their client, reply cache, re-asks and concurrency."""
     return JudgeEngine(settings.client(), ReplyCache(settings.cache_dir), settings.parse_retries,
-                       settings.concurrency, settings.progress)
+                       settings.concurrency, settings.progress, settings.max_failures_in_a_row)
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -33,15 +33,18 @@ def _digest_images(node: Any) -> Any:
     return node
 
 
-def cache_key(body: dict, attempt: int = 0) -> str:
+def cache_key(body: dict, attempt: int = 0, server: str | None = None) -> str:
     """The cache key of one judge request: sha256 over its JSON body (model, messages, sampling fields).
 
     Images inside the messages count by their sha256. ``attempt`` tells apart the re-asks made
-    when a reply does not parse (0 for the first request).
+    when a reply does not parse (0 for the first request); ``server`` (the endpoint URL) keeps
+    two servers that serve a model under the same name apart.
     """
     payload: dict[str, Any] = {"v": CACHE_VERSION, "body": _digest_images(body)}
     if attempt:
         payload["attempt"] = int(attempt)
+    if server:
+        payload["server"] = server
     return sha256_text(json.dumps(payload, sort_keys=True, ensure_ascii=False))
 
 

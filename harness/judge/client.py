@@ -179,11 +179,11 @@ class ChatClient:
         """One HTTP request under the total deadline; raises _Retryable or JudgeHTTPError on failure."""
         try:
             status, resp_headers, data = _run(self._post(body, headers))
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.UnsupportedProtocol) as e:
+            raise _Retryable(self.redact(f"cannot connect to {self.url}: {e}"), sent=False) from None
         except (asyncio.TimeoutError, httpx.TimeoutException):
             self._count()
             raise _Retryable(f"no complete reply within the {self.timeout_s:g} s deadline") from None
-        except (httpx.ConnectError, httpx.UnsupportedProtocol) as e:
-            raise _Retryable(self.redact(f"cannot connect to {self.url}: {e}"), sent=False) from None
         except (httpx.HTTPError, OSError) as e:
             self._count()
             raise _Retryable(self.redact(f"{type(e).__name__}: {e}")) from None

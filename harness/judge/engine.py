@@ -65,9 +65,10 @@ class JudgeEngine:
     """Runs JudgeRequests against one client and one reply cache."""
 
     def __init__(self, client: ChatClient, cache: ReplyCache, parse_retries: int = 2, concurrency: int = 4,
-                 progress: bool = True):
+                 progress: bool = True, max_failures_in_a_row: int = 8):
         self.client, self.cache = client, cache
         self.parse_retries, self.concurrency, self.progress = int(parse_retries), int(concurrency), bool(progress)
+        self.max_failures_in_a_row = int(max_failures_in_a_row)
         self._images: dict[str, tuple[bytes, str]] = {}
         self._lock = threading.Lock()
 
@@ -85,7 +86,7 @@ class JudgeEngine:
         out = JudgeOutcome(req.id, "ok", meta=dict(req.meta))
         c = self.client
         for attempt in range(self.parse_retries + 1):
-            key = cache_key(c.request_body(key_messages), attempt)
+            key = cache_key(c.request_body(key_messages), attempt, c.url)
             out.attempts = attempt + 1
             entry = self.cache.get(key)
             if entry is not None:
@@ -119,7 +120,11 @@ class JudgeEngine:
         return out
 
     def run(self, requests: Sequence[JudgeRequest], desc: str = "judge") -> list[JudgeOutcome]:
-        """Outcomes of all requests, in request order, asked on a thread pool."""
+        """Outcomes of all requests, in request order, asked on a thread pool.
+
+        After ``max_failures_in_a_row`` requests in a row got no reply (a server that is down), the
+        rest are not sent: they are recorded as failed, instead of each waiting through its retries.
+        """
         from tqdm import tqdm
 
         ids = [r.id for r in requests]
@@ -127,15 +132,22 @@ class JudgeEngine:
             raise ValueError("judge request ids must be unique")
         results: list[JudgeOutcome | None] = [None] * len(requests)
         abort = threading.Event()  # set by a fatal error: queued requests then send nothing
+        in_a_row = [0]
 
         def guarded(req: JudgeRequest) -> JudgeOutcome | None:
             if abort.is_set():
                 return None
+            if self.max_failures_in_a_row and in_a_row[0] >= self.max_failures_in_a_row:
+                return JudgeOutcome(req.id, "request_failed", meta=dict(req.meta),
+                                    reason=f"not sent: the last {in_a_row[0]} judge requests got no reply")
             try:
-                return self.ask(req)
+                out = self.ask(req)
             except BaseException:
                 abort.set()
                 raise
+            with self._lock:
+                in_a_row[0] = in_a_row[0] + 1 if out.status == "request_failed" else 0
+            return out
 
         pool = ThreadPoolExecutor(max_workers=max(1, self.concurrency))
         try:

@@ -36,6 +36,7 @@ class JudgeSettings:
     backoff_base_s: float = 1.0  # base * 2^attempt, capped at backoff_max_s; Retry-After honoured
     backoff_max_s: float = 60.0
     concurrency: int = 4  # requests in flight
+    max_failures_in_a_row: int = 8  # after this many requests in a row got no reply, send no more
     parse_retries: int = 2  # re-asks when a reply cannot be parsed
     cache_dir: str | None = "outputs/judge_cache"  # on-disk reply cache; null disables it
     progress: bool = True
@@ -63,9 +64,9 @@ class JudgeSettings:
         s = cls(**values)
         if not s.model:
             raise ValueError("judge.model must be set (this benchmark has no published judge model)")
-        if s.timeout_s <= 0 or s.max_retries < 0 or s.parse_retries < 0 or s.concurrency < 1:
-            raise ValueError("judge.timeout_s must be > 0, judge.max_retries and judge.parse_retries >= 0, "
-                             "judge.concurrency >= 1")
+        if s.timeout_s <= 0 or min(s.max_retries, s.parse_retries, s.max_failures_in_a_row) < 0 or s.concurrency < 1:
+            raise ValueError("judge.timeout_s must be > 0, judge.max_retries, judge.parse_retries and "
+                             "judge.max_failures_in_a_row >= 0 (0: no limit), judge.concurrency >= 1")
         return s
 
     def client(self, **kw: Any):
