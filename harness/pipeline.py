@@ -23,9 +23,13 @@ def plain(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
 
 
-def build_benchmark(cfg: dict):
-    """The benchmark object for a benchmark config node."""
-    return BENCHMARKS.get(cfg["name"])(cfg)
+def build_benchmark(cfg: dict, judge: dict | None = None):
+    """The benchmark object for a benchmark config node (judged benchmarks also get the ``judge`` node).
+
+    The judge is kept out of the benchmark node, so it is not part of the answers' fingerprint.
+    """
+    cls = BENCHMARKS.get(cfg["name"])
+    return cls({**cfg, "judge": judge} if judge is not None and hasattr(cls, "judge_settings") else cfg)
 
 
 def selected_items(bench: Any, limit: int | None) -> list:
@@ -69,7 +73,7 @@ def run_job(cfg: DictConfig, run_dir: Path) -> dict | None:
     from interventions.base import build_intervention
 
     c = plain(cfg)
-    bench = build_benchmark(c["benchmark"])
+    bench = build_benchmark(c["benchmark"], c.get("judge"))
     if c.get("answers"):
         records = bench.load_answers(c["answers"])
         c["model"] = {"name": c.get("answers_name") or answers_label(c["answers"])}

@@ -56,6 +56,9 @@ BENCHMARKS: Registry = Registry(
         "benchmarks.smoke",
         "benchmarks.mme",
         "benchmarks.gpt4v_aided",
+        "benchmarks.hallusionbench",
+        "benchmarks.mmhal_bench",
+        "benchmarks.object_halbench",
     ),
 )
 INTERVENTIONS: Registry = Registry(

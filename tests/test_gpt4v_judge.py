@@ -9,9 +9,7 @@ import re
 import socket
 import subprocess
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -21,51 +19,10 @@ from benchmarks.gpt4v_aided import GPT4VAided, load_judge_prompt
 from harness.judge import (ChatClient, JudgeHTTPError, RetriesExhaustedError, parse_scores, run_judge)
 from harness.judge.pairwise import ScoreParseError
 
+from fake_judge import KEY, KEY_ENV, FakeServer
+
 ROOT = Path(__file__).resolve().parents[1]
-KEY_ENV = "HB_JUDGE_TEST_KEY"
-KEY = "sk-test-DISTINCTIVE-9f3c1e7a5b"
 IMG = b"\xff\xd8\xff\xe0fake-jpeg-bytes\x00\x01\x02"  # any bytes: the server only checks the base64
-
-
-class FakeServer:
-    """A chat-completions server on 127.0.0.1 whose replies come from `respond(request, hit_no)`."""
-
-    def __init__(self):
-        self.hits: list[dict] = []
-        self.lock = threading.Lock()
-        self.respond = lambda req, n: (200, {}, judge_reply(req), 0.0)
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with owner.lock:
-                    n = len(owner.hits)
-                    owner.hits.append({"path": self.path, "headers": dict(self.headers), "body": body})
-                status, headers, text, delay = owner.respond(body, n)
-                time.sleep(delay)
-                try:
-                    data = text.encode()
-                    self.send_response(status)
-                    for k, v in headers.items():
-                        self.send_header(k, v)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                except OSError:  # the client gave up (timeout)
-                    pass
-
-            def log_message(self, *a):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
-
-    def hits_for(self, qid: str) -> int:
-        return sum(qid in prompt_of(h["body"]) for h in self.hits)
 
 
 def prompt_of(body: dict) -> str:
@@ -104,11 +61,9 @@ def server(monkeypatch):
     for v in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
         monkeypatch.delenv(v, raising=False)
     monkeypatch.setenv(KEY_ENV, KEY)
-    s = FakeServer()
-    s.thread.start()
+    s = FakeServer(lambda req, n: (200, {}, judge_reply(req), 0.0)).start()
     yield s
-    s.httpd.shutdown()
-    s.httpd.server_close()
+    s.stop()
 
 
 @pytest.fixture(scope="module")
@@ -210,7 +165,8 @@ def test_client_retries_429_with_and_without_retry_after(server):
     waits = []
     script = [(429, {"Retry-After": "0.07"}), (429, {}), (429, {"Retry-After": "0"})]
     server.respond = lambda req, n: (*script[n], '{"error": {"message": "slow down"}}', 0.0) if n < 3 else ok(req, n)
-    assert client(server, sleep=waits.append).complete(MSG).startswith("Accuracy: 9 5")
+    done = client(server, sleep=waits.append).complete(MSG)
+    assert done.text.startswith("Accuracy: 9 5") and done.requests == 4
     assert len(server.hits) == 4
     assert waits[0] == pytest.approx(0.07) and waits[2] == 0.0
     assert 0.02 <= waits[1] <= 0.02 * 1.25 + 1e-9  # backoff_base_s * 2**1, plus at most 25% jitter
@@ -230,13 +186,13 @@ def test_client_persistent_500_is_bounded(server):
 def test_client_timeout_then_success(server):
     server.respond = lambda req, n: (*ok(req, n)[:3], 1.0 if n == 0 else 0.0)
     t0 = time.monotonic()
-    assert "Accuracy" in client(server).complete(MSG)
+    assert "Accuracy" in client(server).complete(MSG).text
     assert len(server.hits) == 2 and time.monotonic() - t0 < 1.0
 
 
 def test_client_retries_unreadable_200(server):
     server.respond = lambda req, n: (200, {}, "<html>bad gateway</html>", 0.0) if n == 0 else ok(req, n)
-    assert "Accuracy" in client(server).complete(MSG) and len(server.hits) == 2
+    assert "Accuracy" in client(server).complete(MSG).text and len(server.hits) == 2
 
 
 def test_client_4xx_fails_fast_without_key(server):

@@ -1,8 +1,11 @@
-"""LLM-as-judge evaluation: a chat-completions client, a reply cache and pairwise comparison.
+"""LLM-as-judge evaluation: a chat-completions client, a reply cache, a request engine and pairwise comparison.
 
-``run_judge(cfg)`` is what ``scripts/judge_pairwise.py`` runs; ``cfg`` holds the keys of
-``configs/judge/default.yaml``. Outputs in ``out_dir``: ``judgments.jsonl`` (one record per
-question and order) and ``scores.json`` (per-system means, overall and per question type).
+``run_judge(cfg)`` is what ``scripts/judge_pairwise.py`` runs; ``cfg`` is its ``judge`` node: the
+pairwise keys of ``configs/judge.yaml`` and the judge settings of ``configs/judge/default.yaml``.
+Outputs in ``out_dir``: ``judgments.jsonl`` (one record per question and order) and ``scores.json``
+(per-system means, overall and per question type).
+The judged benchmarks (``hallusionbench``, ``mmhal_bench``, ``object_halbench``) use the same
+settings, engine and cache through ``benchmarks.judged.JudgedBenchmark``.
 """
 from __future__ import annotations
 
@@ -13,25 +16,37 @@ import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
-from harness.judge.cache import ReplyCache, cache_key
-from harness.judge.client import (ChatClient, JudgeError, JudgeHTTPError, MissingAPIKeyError,
+from harness.judge.cache import ReplyCache, cache_key, sha256_text
+from harness.judge.client import (ChatClient, Completion, JudgeError, JudgeHTTPError, MissingAPIKeyError,
                                   RetriesExhaustedError, image_data_url, vision_messages)
+from harness.judge.engine import (JudgeEngine, JudgeOutcome, JudgeRequest, JudgeUnavailableError, ReplyParseError,
+                                  require_some_success, summarise)
 from harness.judge.pairwise import (JudgeTask, PairwiseJudge, ScoreParseError, aggregate, build_tasks,
                                     parse_scores)
+from harness.judge.settings import JudgeSettings, Prompt
 
-__all__ = ["ChatClient", "JudgeError", "JudgeHTTPError", "MissingAPIKeyError", "RetriesExhaustedError",
-           "ReplyCache", "cache_key", "image_data_url", "vision_messages", "JudgeTask", "PairwiseJudge",
-           "ScoreParseError", "aggregate", "build_tasks", "parse_scores", "run_judge"]
+__all__ = ["ChatClient", "Completion", "JudgeError", "JudgeHTTPError", "MissingAPIKeyError",
+           "RetriesExhaustedError", "ReplyCache", "cache_key", "image_data_url", "vision_messages", "JudgeEngine",
+           "JudgeOutcome", "JudgeRequest", "JudgeUnavailableError", "ReplyParseError", "require_some_success",
+           "summarise", "JudgeTask", "PairwiseJudge", "ScoreParseError", "aggregate", "build_tasks", "parse_scores",
+           "JudgeSettings", "Prompt", "make_engine", "run_judge"]
 
 log = logging.getLogger(__name__)
 
-DEFAULTS: dict[str, Any] = {
+#: the pairwise comparison's own keys (the rest of the judge node is JudgeSettings)
+PAIRWISE_KEYS: dict[str, Any] = {
+    "answers_a": None, "answers_b": None, "out_dir": None, "names": ["a", "b"], "image_root": None,
     "question_file": "gpt4v_aided/gpt4v.jsonl", "prompt_file": "gpt4v_aided/gpt4v_judge_prompt.txt",
-    "names": ["a", "b"], "image_root": None, "base_url": "https://api.openai.com/v1",
-    "model": "gpt-4o-2024-05-13", "api_key_env": "OPENAI_API_KEY", "max_tokens": 300, "temperature": 0.0,
-    "timeout_s": 60.0, "max_retries": 5, "backoff_base_s": 1.0, "backoff_max_s": 60.0, "concurrency": 4,
-    "both_orders": True, "parse_retries": 2, "cache_dir": "outputs/judge_cache", "progress": True,
+    "both_orders": True,
 }
+#: DAMRO's judge request (OPERA used gpt-4-vision-preview)
+PAIRWISE_PUBLISHED = {"model": "gpt-4o-2024-05-13", "max_tokens": 300, "temperature": 0.0}
+
+
+def make_engine(settings: JudgeSettings) -> JudgeEngine:
+    """A JudgeEngine for the settings: their client, reply cache, re-asks and concurrency."""
+    return JudgeEngine(settings.client(), ReplyCache(settings.cache_dir), settings.parse_retries,
+                       settings.concurrency, settings.progress, settings.max_failures_in_a_row)
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -46,33 +61,34 @@ def _write_atomic(path: Path, text: str) -> None:
 def run_judge(cfg: Mapping[str, Any]) -> dict:
     """Judge two answer files pairwise and write ``judgments.jsonl`` and ``scores.json`` to ``out_dir``.
 
-    Required keys: ``answers_a``, ``answers_b``, ``out_dir``; the rest default to DEFAULTS.
-    Returns the scores dict. Raises on mismatched answer files, missing images, a missing API
-    key or a fatal HTTP status (401/403/404); per-question failures are reported, not raised.
+    ``cfg`` is the ``judge`` node: the pairwise keys (``answers_a``, ``answers_b``, ``out_dir`` are
+    required) and JudgeSettings. Returns the scores dict. Raises on mismatched answer files,
+    missing images, a missing API key or a fatal HTTP status (401/403/404), and
+    JudgeUnavailableError when every request failed (after writing the outputs); other
+    per-question failures are reported, not raised.
     """
     from benchmarks.gpt4v_aided import GPT4VAided, load_judge_prompt
 
-    c = {**DEFAULTS, **{k: v for k, v in dict(cfg).items()}}
+    given = dict(cfg)
+    c = {k: (given.pop(k) if given.get(k) is not None else v) for k, v in PAIRWISE_KEYS.items()}
     for k in ("answers_a", "answers_b", "out_dir"):
+        given.pop(k, None)
         if not c.get(k):
             raise ValueError(f"judge.{k} must be set")
+    settings = JudgeSettings.from_config(given, PAIRWISE_PUBLISHED)
     names = [str(n) for n in c["names"]]
     bench = GPT4VAided({"question_file": c["question_file"], "image_root": c["image_root"]})
     answers = [bench.load_answers(c["answers_a"]), bench.load_answers(c["answers_b"])]
     tasks = build_tasks(bench.items(), answers[0], answers[1], names, c["image_root"], bool(c["both_orders"]),
                         sources=(str(c["answers_a"]), str(c["answers_b"])))
-    client = ChatClient(base_url=c["base_url"], model=c["model"], api_key_env=c["api_key_env"],
-                        max_tokens=int(c["max_tokens"]), temperature=float(c["temperature"]),
-                        timeout_s=float(c["timeout_s"]), max_retries=int(c["max_retries"]),
-                        backoff_base_s=float(c["backoff_base_s"]), backoff_max_s=float(c["backoff_max_s"]))
-    judge = PairwiseJudge(client, ReplyCache(c["cache_dir"]), load_judge_prompt(c["prompt_file"]),
-                          int(c["parse_retries"]))
-    log.info("judging %d questions (%d requests) with %s at %s", len(tasks) // (2 if c["both_orders"] else 1),
-             len(tasks), client.model, client.base_url)
-    records = judge.run(tasks, int(c["concurrency"]), bool(c["progress"]))
+    template = load_judge_prompt(settings.prompt or c["prompt_file"])
+    engine = make_engine(settings)
+    log.info("judging %d questions (%d judgments) with %s", len(tasks) // (2 if c["both_orders"] else 1),
+             len(tasks), settings.judge_id())
+    records = PairwiseJudge(engine, template).run(tasks)
     scores = aggregate(records, names, bool(c["both_orders"]))
-    scores["config"] = {k: c[k] for k in ("answers_a", "answers_b", "image_root", "base_url", "model",
-                                          "max_tokens", "temperature", "both_orders", "parse_retries")}
+    scores["judge"] = {**settings.record(), "prompt_sha256": sha256_text(template)}
+    scores["config"] = {k: c[k] for k in ("answers_a", "answers_b", "image_root", "both_orders")}
     out = Path(c["out_dir"])
     _write_atomic(out / "judgments.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     _write_atomic(out / "scores.json", json.dumps(scores, indent=2, ensure_ascii=False) + "\n")
@@ -82,7 +98,9 @@ def run_judge(cfg: Mapping[str, Any]) -> dict:
     for n in names:
         log.info("%s: accuracy %s, detailedness %s", n, scores["overall"][n]["accuracy"],
                  scores["overall"][n]["detailedness"])
-    log.info("judged %d/%d questions (%d parse failures, %d request failures, %d requests sent); wrote %s",
+    log.info("judged %d/%d questions (%d parse failures, %d request failures, %d HTTP requests sent); wrote %s",
              scores["n_judged"], scores["n_questions"], scores["parse_failures"], scores["request_failures"],
              scores["api_calls"], out)
+    if records and all(r["status"] == "request_failed" for r in records):
+        raise JudgeUnavailableError(f"all {len(records)} judge requests failed; first error: {records[0]['reason']}")
     return scores

@@ -1,14 +1,15 @@
 """An on-disk cache of judge replies: one JSON file per request, written atomically."""
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -16,19 +17,35 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def cache_key(model: str, prompt: str, image_sha256: str | None, answers: Sequence[str],
-              max_tokens: int, temperature: float, attempt: int = 0) -> str:
-    """The cache key of one judge request: sha256 over everything that determines its reply.
+def sha256_text(text: str) -> str:
+    """The hex sha256 of a text's UTF-8 bytes."""
+    return sha256_bytes(text.encode("utf-8"))
 
-    ``answers`` are in the order shown to the judge. ``attempt`` tells apart the re-asks made
-    when a reply does not parse (0 for the first request).
+
+def _digest_images(node: Any) -> Any:
+    """The messages with every base64 ``data:`` URL replaced by ``sha256:<hex of its decoded bytes>``."""
+    if isinstance(node, dict):
+        return {k: _digest_images(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_digest_images(v) for v in node]
+    if isinstance(node, str) and node.startswith("data:") and ";base64," in node:
+        return "sha256:" + sha256_bytes(base64.b64decode(node.split(",", 1)[1]))
+    return node
+
+
+def cache_key(body: dict, attempt: int = 0, server: str | None = None) -> str:
+    """The cache key of one judge request: sha256 over its JSON body (model, messages, sampling fields).
+
+    Images inside the messages count by their sha256. ``attempt`` tells apart the re-asks made
+    when a reply does not parse (0 for the first request); ``server`` (the endpoint URL) keeps
+    two servers that serve a model under the same name apart.
     """
-    payload: dict[str, Any] = {"v": CACHE_VERSION, "model": model, "prompt": prompt, "image_sha256": image_sha256,
-                               "answers": list(answers), "max_tokens": int(max_tokens),
-                               "temperature": float(temperature)}
+    payload: dict[str, Any] = {"v": CACHE_VERSION, "body": _digest_images(body)}
     if attempt:
         payload["attempt"] = int(attempt)
-    return sha256_bytes(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode("utf-8"))
+    if server:
+        payload["server"] = server
+    return sha256_text(json.dumps(payload, sort_keys=True, ensure_ascii=False))
 
 
 class ReplyCache:

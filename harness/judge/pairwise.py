@@ -7,22 +7,16 @@ parsed enter the means; the others are listed as failures with their reasons.
 from __future__ import annotations
 
 import re
-import threading
-import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import mean
-from typing import Any, Sequence
+from typing import Sequence
 
 from benchmarks.base import AnswerMismatchError, Item, index_by_id, match_ids
-from harness.judge.cache import ReplyCache, cache_key, sha256_bytes
-from harness.judge.client import (ChatClient, JudgeError, JudgeHTTPError, image_data_url, read_image,
-                                  vision_messages)
+from harness.judge.engine import JudgeEngine, JudgeOutcome, JudgeRequest, ReplyParseError
 from harness.judge.stats import pairwise_statistics
 
 CRITERIA = ("accuracy", "detailedness")
-FATAL_STATUSES = (401, 403, 404)  # a bad key, model or URL fails every request: stop the run
 
 _NUM = r"(\d+(?:\.\d+)?)(?:\s*/\s*10(?!\d))?"
 _SEP = r"(?:\s*(?:[,;|&]|\band\b|\bvs\.?)\s*|\s+)"
@@ -119,88 +113,44 @@ def build_tasks(items: Sequence[Item], answers_a: list[dict], answers_b: list[di
     return tasks
 
 
-class PairwiseJudge:
-    """Asks the judge model about JudgeTasks, through the reply cache, re-asking on unparsable replies."""
+def pairwise_request(task: JudgeTask, template: str) -> JudgeRequest:
+    """The judge request of one task: the verbatim template with the two answers, and the image."""
 
-    def __init__(self, client: ChatClient, cache: ReplyCache, template: str, parse_retries: int = 2):
-        self.client, self.cache, self.template = client, cache, template
-        self.parse_retries = int(parse_retries)
-        self._images: dict[str, tuple[bytes, str]] = {}
-        self._lock = threading.Lock()
-
-    def _image(self, path: str) -> tuple[bytes, str]:
-        with self._lock:
-            if path not in self._images:
-                data = read_image(path)
-                self._images[path] = (data, sha256_bytes(data))
-            return self._images[path]
-
-    def judge(self, task: JudgeTask) -> dict:
-        """The judgment record of one task: raw and per-system scores, or a failure reason."""
-        data, img_sha = self._image(task.image_path) if task.image_path else (b"", None)
-        prompt = self.template.format(task.answer1, task.answer2)
-        c = self.client
-        rec: dict[str, Any] = {"question_id": task.question_id, "type": task.qtype, "order": task.order,
-                               "assistant1": task.assistant1, "assistant2": task.assistant2,
-                               "status": "ok", "raw": None, "scores": None, "reason": None,
-                               "attempts": 0, "api_calls": 0, "reply": None}
-        for attempt in range(self.parse_retries + 1):
-            key = cache_key(c.model, prompt, img_sha, (task.answer1, task.answer2), c.max_tokens,
-                            c.temperature, attempt)
-            rec["attempts"] = attempt + 1
-            entry = self.cache.get(key)
-            if entry is not None:
-                reply = entry["reply"]
-            else:
-                url = image_data_url(data, Path(task.image_path).name) if task.image_path else None
-                try:
-                    rec["api_calls"] += 1
-                    reply = c.complete(vision_messages(prompt, url))
-                except JudgeHTTPError as e:
-                    if e.status in FATAL_STATUSES:
-                        raise
-                    return {**rec, "status": "request_failed", "reason": str(e)}
-                except JudgeError as e:
-                    return {**rec, "status": "request_failed", "reason": str(e)}
-                self.cache.put(key, {"model": c.model, "question_id": task.question_id, "order": task.order,
-                                     "attempt": attempt, "reply": reply, "created": time.time()})
-            rec["reply"] = reply
-            try:
-                parsed = parse_scores(reply)
-            except ScoreParseError as e:
-                rec["status"], rec["reason"] = "parse_failed", str(e)
-                continue
-            rec.update(status="ok", reason=None, raw={k: list(v) for k, v in parsed.items()},
-                       scores={task.assistant1: {k: v[0] for k, v in parsed.items()},
-                               task.assistant2: {k: v[1] for k, v in parsed.items()}})
-            return rec
-        return rec
-
-    def run(self, tasks: Sequence[JudgeTask], concurrency: int = 4, progress: bool = True) -> list[dict]:
-        """Judgment records for all tasks (in task order), judged on a thread pool."""
-        from tqdm import tqdm
-
-        results: list[dict | None] = [None] * len(tasks)
-        abort = threading.Event()  # set by a fatal error: queued tasks then make no request
-
-        def guarded(task: JudgeTask) -> dict | None:
-            """The task's judgment, or None once the run was aborted."""
-            if abort.is_set():
-                return None
-            try:
-                return self.judge(task)
-            except BaseException:
-                abort.set()
-                raise
-
-        pool = ThreadPoolExecutor(max_workers=max(1, int(concurrency)))
+    def parse(reply: str) -> dict:
         try:
-            futs = {pool.submit(guarded, t): i for i, t in enumerate(tasks)}
-            for fut in tqdm(as_completed(futs), total=len(futs), desc="judge", disable=not progress):
-                results[futs[fut]] = fut.result()
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-        return [r for r in results if r is not None]
+            return {k: list(v) for k, v in parse_scores(reply).items()}
+        except ScoreParseError as e:
+            raise ReplyParseError(str(e)) from None
+
+    return JudgeRequest(f"{task.question_id}/{task.order}", template.format(task.answer1, task.answer2), parse,
+                        task.image_path, meta={"question_id": task.question_id, "type": task.qtype,
+                                               "order": task.order, "assistant1": task.assistant1,
+                                               "assistant2": task.assistant2})
+
+
+def judgment_record(task: JudgeTask, outcome: JudgeOutcome) -> dict:
+    """The judgment record of a task: raw and per-system scores, or the failure and its reason."""
+    raw = outcome.value if outcome.status == "ok" else None
+    scores = None
+    if raw is not None:
+        scores = {task.assistant1: {k: v[0] for k, v in raw.items()},
+                  task.assistant2: {k: v[1] for k, v in raw.items()}}
+    return {"question_id": task.question_id, "type": task.qtype, "order": task.order,
+            "assistant1": task.assistant1, "assistant2": task.assistant2, "status": outcome.status,
+            "raw": raw, "scores": scores, "reason": outcome.reason, "attempts": outcome.attempts,
+            "api_calls": outcome.api_calls, "reply": outcome.reply}
+
+
+class PairwiseJudge:
+    """Asks the judge model about JudgeTasks through a JudgeEngine (cache, re-asks, thread pool)."""
+
+    def __init__(self, engine: JudgeEngine, template: str):
+        self.engine, self.template = engine, template
+
+    def run(self, tasks: Sequence[JudgeTask]) -> list[dict]:
+        """Judgment records for all tasks, in task order."""
+        outcomes = self.engine.run([pairwise_request(t, self.template) for t in tasks], desc="judge")
+        return [judgment_record(t, o) for t, o in zip(tasks, outcomes)]
 
 
 def _means(per_q: list[dict[str, dict[str, float]]], names: Sequence[str]) -> dict:
@@ -241,4 +191,5 @@ def aggregate(records: list[dict], names: Sequence[str], both_orders: bool = Tru
                                      for c in CRITERIA},
         "statistics": pairwise_statistics(per_q, names),
         "failures": failures,
+        "statistics": pairwise_statistics(per_q, names),
     }
