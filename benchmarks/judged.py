@@ -57,6 +57,10 @@ class JudgedBenchmark(Benchmark):
             self._prompts[name] = Prompt.load(path, tuple(fields or ()))
         return self._prompts[name]
 
+    def judge_model(self) -> str | None:
+        """The judge model id actually used (the published judge when `judge.model` is null); None in rule modes."""
+        return self.judge_settings.model if self.uses_judge() else None
+
     def label(self) -> str:
         """The base label plus, when the judge is used, its id and the main prompt's hash."""
         base = super().label()
