@@ -151,6 +151,11 @@ def test_explicit_shards_merge_when_the_last_one_finishes(reference_run, tmp_pat
     merged = _answers(d)
     assert [r["answer"] for r in merged] == [r["answer"] for r in _answers(ref_dir)[:10]]
     assert json.loads((d / "scores.json").read_text())["n"] == 10
+    # a shard that reaches the merge after the set was merged and scored (as a second torchrun rank can)
+    # scores nothing again: one results row per set of answers
+    proc = run_cli([*common, "run.num_shards=2", "run.shard_id=1"])
+    assert "already merged and scored" in proc.stdout and "scores:" not in proc.stdout
+    assert len((tmp_path / "r.jsonl").read_text().splitlines()) == 1
 
 
 def test_unknown_config_choice_lists_valid_choices(tmp_path):
