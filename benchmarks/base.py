@@ -11,6 +11,8 @@ if TYPE_CHECKING:  # numpy is imported lazily: building a benchmark stays cheap
 
     from harness.stats import Units
 
+from harness.errors import HarnessError
+
 DATA_DIR = Path(__file__).resolve().parent / "data"
 #: bootstrap resamples for the confidence intervals when a benchmark config does not set `bootstrap`
 DEFAULT_BOOTSTRAP = 1000
@@ -41,7 +43,7 @@ def embedded_image(value: Any) -> Any:
     return None
 
 
-class AnswerMismatchError(ValueError):
+class AnswerMismatchError(HarnessError, ValueError):
     """Answers whose ids do not match the benchmark: lists missing and unknown ids."""
 
     def __init__(self, source: str, missing: list, unknown: list, n_expected: int):
@@ -70,6 +72,10 @@ def match_ids(expected: Iterable[Any], got: Iterable[Any], source: str, allow_mi
         raise AnswerMismatchError(source, [] if allow_missing else missing, unknown, len(exp_set))
 
 
+class DuplicateAnswerError(HarnessError, ValueError):
+    """Several answers for the same item: scoring would count it more than once."""
+
+
 def index_by_id(records: Iterable[dict], source: str, key: Any = None) -> dict[str, dict]:
     """Records keyed by str(key(record)) (default: question_id); None keys are skipped, duplicates raise."""
     out: dict[str, dict] = {}
@@ -83,7 +89,7 @@ def index_by_id(records: Iterable[dict], source: str, key: Any = None) -> dict[s
             dups.append(k)
         out[k] = rec
     if dups:
-        raise ValueError(f"{source}: {len(dups)} duplicate answers, e.g. ids {', '.join(dups[:10])}")
+        raise DuplicateAnswerError(f"{source}: {len(dups)} duplicate answers, e.g. ids {', '.join(dups[:10])}")
     return out
 
 

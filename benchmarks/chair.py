@@ -19,7 +19,8 @@ from typing import Any, Iterable
 from benchmarks.base import AnswerMismatchError, Benchmark, Item
 from benchmarks.chair_metric import (caption_detail, chair_evaluate, coco_image_id, load_ground_truth,
                                      load_vocab)
-from harness.records import MalformedRecordError, normalise_record, read_jsonl
+from harness.errors import ConfigValueError, NothingToScoreError
+from harness.records import MalformedRecordError, normalise_record, read_jsonl, read_text
 from harness.registry import BENCHMARKS
 
 #: named image sets: shipped file and the key holding the COCO image (id or file name)
@@ -47,7 +48,7 @@ def _image_set_ids(image_set: str) -> tuple[int, ...]:
     else:
         p = Path(image_set).expanduser()
         if not p.exists():
-            raise ValueError(f"unknown CHAIR image_set {image_set!r}: use one of {sorted(IMAGE_SETS)} "
+            raise ConfigValueError(f"unknown CHAIR image_set {image_set!r}: use one of {sorted(IMAGE_SETS)} "
                              "or a JSON/JSONL file whose rows have `image` or `image_id`")
         source, key = str(p), None
     rows = load_question_records(source)
@@ -126,7 +127,7 @@ class ChairBenchmark(Benchmark):
             recs = read_jsonl(path)
         except MalformedRecordError:
             try:
-                data = json.loads(Path(path).read_text(encoding="utf-8"))
+                data = json.loads(read_text(path, "answers file"))
             except json.JSONDecodeError:
                 data = None
             if not (isinstance(data, dict) and isinstance(data.get("sentences"), list)):
@@ -180,7 +181,7 @@ class ChairBenchmark(Benchmark):
         """CHAIRs, CHAIRi, Recall, Precision, F1 (percent), Len (mean word count) and counts."""
         pairs, skipped = self._pairs(records, source)
         if not pairs:
-            raise ValueError(f"no captions to score in {source}")
+            raise NothingToScoreError(f"no captions to score in {source}")
         o = chair_evaluate(pairs, self.ground_truth, self.vocab)["overall_metrics"]
         in_set = set(self.image_ids())
         res: dict[str, Any] = {k: 100.0 * o[k] for k in ("CHAIRs", "CHAIRi", "Recall", "Precision", "F1")}

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from benchmarks.base import Benchmark, Item, match_ids
 from benchmarks.loading import load_question_records, resolve_data_path
-from harness.records import read_answers, read_jsonl
+from harness.errors import InputFileError
+from harness.records import MalformedRecordError, read_answers, read_jsonl
 from harness.registry import BENCHMARKS
 
 DEFAULT_QUESTION_FILE = "gpt4v_aided/gpt4v.jsonl"
@@ -32,7 +33,7 @@ def load_judge_prompt(path: str | Path = DEFAULT_PROMPT_FILE) -> str:
     with open(p, encoding="utf-8", newline="") as fh:
         text = fh.read()
     if text.count("{}") != 2:
-        raise ValueError(f"{p}: a judge prompt needs exactly two '{{}}' placeholders, found {text.count('{}')}")
+        raise InputFileError(f"{p}: a judge prompt needs exactly two '{{}}' placeholders, found {text.count('{}')}")
     return text
 
 
@@ -54,7 +55,7 @@ class GPT4VAided(Benchmark):
         for i, r in enumerate(rows, start=1):
             qid = make_question_id(str(r["id"]), str(r["type"]))
             if qid in seen:
-                raise ValueError(f"{source}: duplicate item {qid!r} at records {seen[qid]} and {i}")
+                raise MalformedRecordError(f"{source}: duplicate item {qid!r} at records {seen[qid]} and {i}")
             seen[qid] = i
             path = str(img_dir / r["image"]) if img_dir else None
             out.append(Item(question_id=qid, prompt=r["instruction"], image_path=path, image_id=r["image"],
@@ -81,10 +82,10 @@ class GPT4VAided(Benchmark):
         out = []
         for i, r in enumerate(raw, start=1):
             if "question_id" in r:
-                raise ValueError(f"{path}, record {i}: mixes harness records (question_id) and DAMRO records")
+                raise MalformedRecordError(f"{path}, record {i}: mixes harness records (question_id) and DAMRO records")
             qid = by_key.get((str(r.get("id")), r.get("prompt")))
             if qid is None:
-                raise ValueError(f"{path}, record {i}: no item with id {r.get('id')!r} and this prompt "
+                raise MalformedRecordError(f"{path}, record {i}: no item with id {r.get('id')!r} and this prompt "
                                  f"({str(r.get('prompt'))[:60]!r})")
             out.append({**r, "question_id": qid, "answer": r.get("output") or ""})
         return out

@@ -29,7 +29,8 @@ from typing import Any, Mapping
 
 from benchmarks.base import DATA_DIR, AnswerMismatchError, Benchmark, Item, index_by_id, match_ids
 from benchmarks.yes_no import NO, YES, normalise_label, parse_mme
-from harness.records import MalformedRecordError, normalise_record, read_answers
+from harness.errors import ConfigValueError
+from harness.records import MalformedRecordError, normalise_record, read_answers, read_text, require_text
 from harness.registry import BENCHMARKS
 
 GT_DIR = DATA_DIR / "mme" / "ground_truth"
@@ -62,7 +63,7 @@ def read_ground_truth(subtask: str, gt_dir: Path = GT_DIR) -> list[tuple[str, st
     """(image_name, question, 'yes'|'no') lines of one subtask's official ground-truth list."""
     path = gt_dir / f"{subtask}.txt"
     rows = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for i, line in enumerate(read_text(path, "MME ground-truth file").splitlines(), start=1):
         if not line.strip():
             continue
         cols = line.split("\t")
@@ -86,7 +87,7 @@ def read_result_folder(folder: str | Path) -> dict[str, list[dict]]:
         if not path.is_file():
             continue
         lines = []
-        for i, line in enumerate(path.read_text(encoding="utf-8").split("\n"), start=1):
+        for i, line in enumerate(read_text(path, "MME result file").split("\n"), start=1):
             line = line.rstrip("\r")
             if not line.strip():
                 continue
@@ -132,7 +133,7 @@ class MME(Benchmark):
         self.subtasks: tuple[str, ...] = tuple(chosen) if chosen is not None else SUBTASKS
         bad = [s for s in self.subtasks if s not in SUBTASKS]
         if bad or not self.subtasks:
-            raise ValueError(f"unknown MME subtasks {bad}; valid choices: {', '.join(SUBTASKS)}")
+            raise ConfigValueError(f"unknown MME subtasks {bad}; valid choices: {', '.join(SUBTASKS)}")
         self.max_new_tokens = int(self.cfg["max_new_tokens"])
         self._items: list[Item] | None = None
 
@@ -194,7 +195,7 @@ class MME(Benchmark):
             try:
                 subtask, qid, question = row["category"], str(row["question_id"]), row["question"]
             except KeyError as e:
-                raise ValueError(f"{where}: MME question rows need category, question_id, question; "
+                raise MalformedRecordError(f"{where}: MME question rows need category, question_id, question; "
                                  f"missing {e}") from None
             inline = embedded_image(row.get("image"))
             name = qid.split("/")[-1] if inline is not None or not isinstance(row.get("image"), str) else row["image"]
@@ -254,8 +255,10 @@ class MME(Benchmark):
         """Per present subtask: image -> [question right?]; plus the counts `score` reports. Checks the ids."""
         items = self.items()
         def normalised(i: int, rec: dict) -> dict:
+            where = f"{source}, record {i + 1}"
             if "answer" not in rec or "question_id" not in rec:
-                rec = normalise_record(rec, self.cfg["answer_key"], None, f"{source}, record {i + 1}")
+                return normalise_record(rec, self.cfg["answer_key"], None, where)
+            require_text(rec["answer"], f"{where} (id {rec['question_id']})")
             return rec
 
         by_id = index_by_id((normalised(i, r) for i, r in enumerate(records)), source)

@@ -33,7 +33,8 @@ from benchmarks.base import (DATA_DIR, AnswerMismatchError, Benchmark, Item, emb
 from benchmarks.loading import load_question_records
 from benchmarks.yes_no import (BINARY_DIRECTIONS, CONFUSION_COLUMNS, binary_metric_arrays, binary_metrics,
                                confusion_row, get_parser, normalise_label)
-from harness.records import normalise_record, read_answers
+from harness.errors import ConfigValueError, NothingToScoreError
+from harness.records import MalformedRecordError, normalise_record, read_answers, require_text
 from harness.registry import BENCHMARKS
 
 SPLITS = ("random", "popular", "adversarial")
@@ -63,13 +64,13 @@ DEFAULTS: dict[str, Any] = {
 def question_file_path(dataset: str, split: str, version: str = "current") -> Path:
     """The shipped question file of one POPE dataset, split and version."""
     if dataset not in DATASETS:
-        raise ValueError(f"unknown POPE dataset {dataset!r}; valid choices: {', '.join(DATASETS)}")
+        raise ConfigValueError(f"unknown POPE dataset {dataset!r}; valid choices: {', '.join(DATASETS)}")
     if split not in SPLITS:
-        raise ValueError(f"unknown POPE split {split!r}; valid choices: {', '.join(SPLITS)}, all")
+        raise ConfigValueError(f"unknown POPE split {split!r}; valid choices: {', '.join(SPLITS)}, all")
     if version not in VERSION_DIRS:
-        raise ValueError(f"unknown POPE version {version!r}; valid choices: {', '.join(VERSION_DIRS)}")
+        raise ConfigValueError(f"unknown POPE version {version!r}; valid choices: {', '.join(VERSION_DIRS)}")
     if version != "current" and dataset != "coco":
-        raise ValueError(f"POPE version {version!r} exists only for dataset coco, not {dataset!r}")
+        raise ConfigValueError(f"POPE version {version!r} exists only for dataset coco, not {dataset!r}")
     folder = VERSION_DIRS[version].format(dataset=dataset)
     return DATA_DIR / "pope" / folder / f"{dataset}_pope_{split}.json"
 
@@ -90,7 +91,7 @@ def _row_field(row: dict, keys: tuple[str, ...], where: str) -> Any:
     for key in keys:
         if key in row and row[key] is not None:
             return row[key]
-    raise ValueError(f"{where}: question row has none of {keys}; keys: {sorted(row)}")
+    raise MalformedRecordError(f"{where}: question row has none of {keys}; keys: {sorted(row)}")
 
 
 @BENCHMARKS.register("pope")
@@ -112,7 +113,7 @@ class POPE(Benchmark):
             for s in self.splits:
                 question_file_path(c["dataset"], s, c["version"])  # validates the combination
         elif split != "all" and split not in SPLITS:
-            raise ValueError(f"unknown POPE split {split!r}; valid choices: {', '.join(SPLITS)}, all")
+            raise ConfigValueError(f"unknown POPE split {split!r}; valid choices: {', '.join(SPLITS)}, all")
         get_parser(c["parser"])
         self.max_new_tokens = int(c["max_new_tokens"])
         self._items: list[Item] | None = None
@@ -132,7 +133,7 @@ class POPE(Benchmark):
         if rows and "category" in rows[0]:
             return {s: [r for r in rows if r.get("category") == s] for s in self.splits}
         if len(self.splits) > 1:
-            raise ValueError(f"split=all with question_file {qf!r}: put '{{split}}' in the path "
+            raise ConfigValueError(f"split=all with question_file {qf!r}: put '{{split}}' in the path "
                              "or use a file whose rows carry a 'category' (random/popular/adversarial)")
         return {self.splits[0]: rows}
 
@@ -147,13 +148,13 @@ class POPE(Benchmark):
         out: list[Item] = []
         for split, rows in self._split_rows().items():
             if not rows:
-                raise ValueError(f"POPE split {split!r}: no questions found")
+                raise NothingToScoreError(f"POPE split {split!r}: no questions found")
             if c["limit"] is not None:
                 rows = rows[: int(c["limit"])]
             where = f"POPE {c['dataset']}/{split}"
             dup = [k for k, v in Counter(str(r.get("question_id")) for r in rows).items() if v > 1]
             if dup:
-                raise ValueError(f"{where}: duplicate question ids: {', '.join(dup[:10])}")
+                raise MalformedRecordError(f"{where}: duplicate question ids: {', '.join(dup[:10])}")
             for i, row in enumerate(rows):
                 w = f"{where}, row {i + 1}"
                 qid = _row_field(row, ("question_id",), w)
@@ -162,7 +163,7 @@ class POPE(Benchmark):
                 image = _row_field(row, ("image",), w)
                 inline = embedded_image(image)  # hub datasets (e.g. lmms-lab/POPE) embed the image
                 if inline is None and not isinstance(image, str):
-                    raise ValueError(f"{w}: 'image' must be an image file name or an embedded image, "
+                    raise MalformedRecordError(f"{w}: 'image' must be an image file name or an embedded image, "
                                      f"got {type(image).__name__}")
                 name = image if inline is None else str(row.get("image_source") or qid)
                 out.append(Item(
@@ -226,8 +227,10 @@ class POPE(Benchmark):
         A missing, unknown or duplicate id raises (with a hint when the ids fit another reading).
         """
         def normalised(i: int, rec: dict) -> dict:
+            where = f"{source}, record {i + 1}"
             if "answer" not in rec or "question_id" not in rec:
-                rec = normalise_record(rec, self.cfg["answer_key"], self.cfg["id_key"], f"{source}, record {i + 1}")
+                return normalise_record(rec, self.cfg["answer_key"], self.cfg["id_key"], where)
+            require_text(rec["answer"], f"{where} (id {rec['question_id']})")
             return rec
 
         records = [normalised(i, r) for i, r in enumerate(records)]

@@ -7,10 +7,11 @@ objects. It runs in seconds on a tiny model and exercises both scorers end to en
 """
 from __future__ import annotations
 
-from benchmarks.base import DATA_DIR, Benchmark, Item, match_ids
+from benchmarks.base import DATA_DIR, Benchmark, Item, index_by_id, match_ids
 from benchmarks.chair import CHAIR_DIRECTIONS, UNIT_COLUMNS, chair_metric_arrays
 from benchmarks.yes_no import (BINARY_DIRECTIONS, CONFUSION_COLUMNS, binary_metric_arrays, binary_metrics,
                                confusion_row, get_parser)
+from harness.records import require_text
 from harness.registry import BENCHMARKS
 
 ABSENT_POOL = ("dog", "car", "cat", "bus", "horse", "bicycle", "clock", "umbrella", "laptop", "train")
@@ -52,9 +53,15 @@ class SmokeBenchmark(Benchmark):
         return out
 
     def score(self, records: list[dict], source: str = "answers") -> dict:
-        """CHAIR metrics over the captions and POPE metrics (prefixed pope_) over the yes/no answers."""
+        """CHAIR metrics over the captions and POPE metrics (prefixed pope_) over the yes/no answers.
+
+        A duplicated, missing or unknown id, or a non-string answer, is an error naming the record.
+        """
         items = {str(it.question_id): it for it in self.items()}
-        match_ids(items, [r["question_id"] for r in records], source)
+        by_id = index_by_id(records, source)
+        match_ids(items, by_id, source)
+        for i, r in enumerate(records):
+            require_text(r["answer"], f"{source}, record {i + 1} (id {r['question_id']})")
         pairs = [(r, items[str(r["question_id"])].meta) for r in records]
         captions = [{"question_id": meta["coco_id"], "answer": r["answer"]} for r, meta in pairs
                     if meta["kind"] == "caption"]

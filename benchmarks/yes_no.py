@@ -38,6 +38,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Callable, Iterable
+from harness.errors import ConfigValueError
+from harness.records import MalformedRecordError
 
 YES, NO = "yes", "no"
 
@@ -55,7 +57,7 @@ def normalise_label(label: object, where: str = "") -> str:
     """A ground-truth label as 'yes' or 'no' (case and surrounding space ignored)."""
     text = str(label).strip().lower()
     if text not in (YES, NO):
-        raise ValueError(f"{where}: label must be yes or no, got {label!r}")
+        raise MalformedRecordError(f"{where}: label must be yes or no, got {label!r}")
     return text
 
 
@@ -115,7 +117,7 @@ POPE_PARSERS: dict[str, Callable[[object, str], Parsed]] = {
 def get_parser(name: str) -> Callable[[object, str], Parsed]:
     """The POPE parser registered under `name`; a ValueError lists the valid names."""
     if name not in POPE_PARSERS:
-        raise ValueError(f"unknown yes/no parser {name!r}; valid choices: {', '.join(POPE_PARSERS)}")
+        raise ConfigValueError(f"unknown yes/no parser {name!r}; valid choices: {', '.join(POPE_PARSERS)}")
     return POPE_PARSERS[name]
 
 

@@ -5,8 +5,10 @@ from pathlib import Path
 
 from PIL import Image
 
+from harness.errors import HarnessError
 
-class MissingImageError(FileNotFoundError):
+
+class MissingImageError(HarnessError, FileNotFoundError):
     """An item's image file does not exist or cannot be read."""
 
 

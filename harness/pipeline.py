@@ -8,12 +8,17 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from harness.errors import HarnessError, InputFileError, NothingToScoreError
 from harness.fingerprint import make_fingerprint
+from harness.locks import exclusive_writer
 from harness.provenance import run_provenance, write_provenance
+from harness.records import atomic_write_text
 from harness.registry import BENCHMARKS
 from harness.results import add_result, read_results, result_row, setting_label
-from harness.sharding import merge_shards, shard_file, shard_items, shard_world
+from harness.sharding import (ANSWERS, already_scored, mark_scored, merge_shards_locked, run_lock, shard_file,
+                              shard_items, shard_world)
 from harness.stats import score_statistics
+from harness.validate import check_outputs, validate_benchmark, validate_generation
 
 log = logging.getLogger("halluc_bench")
 
@@ -43,14 +48,18 @@ def score_and_store(bench: Any, records: list[dict], source: str, run_dir: Path,
     """Score records, write scores.json in the run dir, add a results-store row; returns the scores."""
     skipped = [r for r in records if r.get("skipped")]
     scored = [r for r in records if not r.get("skipped")]
+    if not scored:
+        why = (f"all {len(records)} items were skipped (missing images, see skip_reason in {source}); "
+               "set the benchmark's image folder") if records else f"{source} holds no answer records"
+        raise NothingToScoreError(f"nothing to score: {why}; no scores or results row written")
     if expected is not None:
         keep = {str(r["question_id"]) for r in scored}
         bench.restrict_to([q for q in expected if str(q) in keep])
-    scores = bench.score(scored, source=source) if scored else {"n": 0}
+    scores = bench.score(scored, source=source)
     units_path = score_statistics(bench, scored, source, scores, run_dir)
     if skipped:
         scores["skipped"] = len(skipped)
-    (run_dir / "scores.json").write_text(json.dumps(scores, indent=2, default=str) + "\n")
+    atomic_write_text(run_dir / "scores.json", json.dumps(scores, indent=2, default=str) + "\n")
     setting = "" if intervention is None else setting_label(
         cfg["decoding"], cfg.get("seed"), cfg["run"].get("limit") or cfg["benchmark"].get("limit"))
     fp = fingerprint or next((r.get("fingerprint") for r in scored if isinstance(r.get("fingerprint"), dict)), None)
@@ -69,17 +78,36 @@ def answers_label(path: str) -> str:
 
 
 def run_job(cfg: DictConfig, run_dir: Path) -> dict | None:
-    """Run the configured job in `run_dir`; returns the scores, or None for a shard still waiting on others."""
-    from interventions.base import build_intervention
-
+    """Run the configured job in `run_dir`; returns the scores, or None for a shard that does not score."""
     c = plain(cfg)
+    validate_benchmark(c["benchmark"])
+    if not c.get("answers"):
+        validate_generation(c)
+        if not c["model"].get("tiny"):  # before anything heavy loads: an unreachable hub id fails in seconds
+            from harness.hub import check_reachable
+
+            check_reachable(c["model"].get("path"))
     bench = build_benchmark(c["benchmark"], c.get("judge"))
+    check_outputs(c, run_dir)
     if c.get("answers"):
-        records = bench.load_answers(c["answers"])
-        c["model"] = {"name": c.get("answers_name") or answers_label(c["answers"])}
-        scores = score_and_store(bench, records, str(c["answers"]), run_dir, c, None, None)
-        _print_scores(bench, scores, c, run_dir)
-        return scores
+        return _score_only(bench, c, run_dir)
+    return _generate_and_score(bench, c, run_dir)
+
+
+def _score_only(bench: Any, c: dict, run_dir: Path) -> dict:
+    """Score an existing answers file (no model), store and print the result."""
+    records = bench.load_answers(c["answers"])
+    if not records:
+        raise InputFileError(f"answers={c['answers']} holds no answer records; nothing scored, no results row")
+    c["model"] = {"name": c.get("answers_name") or answers_label(c["answers"])}
+    scores = score_and_store(bench, records, str(c["answers"]), run_dir, c, None, None)
+    _print_scores(bench, scores, c, run_dir)
+    return scores
+
+
+def _generate_and_score(bench: Any, c: dict, run_dir: Path) -> dict | None:
+    """Answer this process's shard (resuming), then merge and score when this process completes the set."""
+    from interventions.base import build_intervention
 
     intervention = build_intervention(c["intervention"])
     if intervention.name != "none":  # model-dependent defaults, so labels and fingerprints say what runs
@@ -91,27 +119,47 @@ def run_job(cfg: DictConfig, run_dir: Path) -> dict | None:
         decoding["max_new_tokens"] = c["benchmark"].get("max_new_tokens") or 64
     fingerprint = make_fingerprint(c["model"], intervention, decoding, c["seed"], c["benchmark"])
     items = selected_items(bench, c["run"].get("limit"))
+    if not items:
+        raise NothingToScoreError(f"benchmark {bench.label()} has no items to answer")
     n_shards, shard_id = shard_world(c["run"].get("num_shards"), c["run"].get("shard_id"))
     mine = shard_items(items, n_shards, shard_id)
     out = shard_file(run_dir, n_shards, shard_id)
-    _check_fingerprint(out, fingerprint)
 
     from harness.models.loader import load_adapter
     from harness.runner import generate_answers
 
-    generate_answers(mine, out, lambda: load_adapter(c["model"]), intervention, decoding, fingerprint,
-                     batch_size=int(c["run"]["batch_size"]), seed=int(c["seed"]),
-                     skip_missing=bool(c["run"].get("skip_missing")),
-                     desc=f"{c['model']['name']} {bench.label()} shard {shard_id + 1}/{n_shards}")
-    merged = merge_shards(run_dir, n_shards, [it.question_id for it in items])
-    if merged is None:
-        log.info("shard %d/%d done; waiting for the other shards before merging", shard_id + 1, n_shards)
-        return None
+    expected = [it.question_id for it in items]
+    with exclusive_writer(out):
+        _check_fingerprint(out, fingerprint)
+        generate_answers(mine, out, lambda: load_adapter(c["model"]), intervention, decoding, fingerprint,
+                         batch_size=int(c["run"]["batch_size"]), seed=int(c["seed"]),
+                         skip_missing=bool(c["run"].get("skip_missing")),
+                         desc=f"{c['model']['name']} {bench.label()} shard {shard_id + 1}/{n_shards}")
+        if n_shards == 1:
+            return _score_run(bench, out, run_dir, c, intervention, fingerprint, expected)
+    # one process merges and scores each complete set of shard answers; the writer lock on answers.jsonl
+    # refuses while a single-process run in the same folder writes it
+    with run_lock(run_dir), exclusive_writer(run_dir / ANSWERS):
+        merged = merge_shards_locked(run_dir, n_shards, expected)
+        if merged is None:
+            print(f"shard {shard_id + 1}/{n_shards} finished; the last shard to finish merges and scores")
+            return None
+        if already_scored(merged):
+            print(f"shard {shard_id + 1}/{n_shards} finished; {merged} is already merged and scored "
+                  f"({run_dir / 'scores.json'})")
+            return None
+        scores = _score_run(bench, merged, run_dir, c, intervention, fingerprint, expected)
+        mark_scored(merged)
+        return scores
+
+
+def _score_run(bench: Any, answers: Path, run_dir: Path, c: dict, intervention: Any, fingerprint: dict,
+               expected: list) -> dict:
     from harness.records import read_jsonl
 
-    records = read_jsonl(merged)
-    scores = score_and_store(bench, records, str(merged), run_dir, c, intervention, fingerprint,
-                             expected=[it.question_id for it in items])
+    records = read_jsonl(answers)
+    scores = score_and_store(bench, records, str(answers), run_dir, c, intervention, fingerprint,
+                             expected=expected)
     _print_scores(bench, scores, c, run_dir)
     return scores
 
@@ -127,7 +175,7 @@ def _check_fingerprint(out: Path, fingerprint: dict) -> None:
     except json.JSONDecodeError:
         return
     if old and old != fingerprint["hash"]:
-        raise RuntimeError(f"{out} was written by a run with another configuration (fingerprint {old}, "
+        raise HarnessError(f"{out} was written by a run with another configuration (fingerprint {old}, "
                            f"now {fingerprint['hash']}); use another hydra.run.dir or remove the file")
 
 

@@ -21,12 +21,36 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
+from harness.errors import HarnessError, InputFileError, MissingFileError
+
 ANSWER_KEYS = ("answer", "text", "caption", "output", "response", "pred")
 ID_KEYS = ("question_id", "image_id", "id", "qid")
 
 
-class MalformedRecordError(ValueError):
-    """A line of a JSONL file that is not a JSON object; names the file and line."""
+class MalformedRecordError(HarnessError, ValueError):
+    """A line of a JSONL file that is not a JSON object, or a record missing a field; names file and record."""
+
+
+def read_text(path: str | Path, what: str = "file") -> str:
+    """The UTF-8 text of a file; a binary or otherwise non-UTF-8 file raises InputFileError naming it."""
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        kind = "a binary file" if b"\x00" in data[:8192] else "not UTF-8 text"
+        raise InputFileError(f"{what} {path} is {kind} (undecodable byte 0x{data[e.start]:02x} at offset "
+                             f"{e.start}); expected UTF-8 JSON/JSONL") from None
+
+
+def require_text(value: Any, where: str, field: str = "answer") -> str:
+    """`value` when it is a string ('' for null); any other type raises MalformedRecordError naming the record."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise MalformedRecordError(f"{where}: the {field} must be a string, got {type(value).__name__} "
+                                   f"{json.dumps(value, default=str)[:80]}")
+    return value
 
 
 def read_jsonl(path: str | Path, drop_partial_tail: bool = False) -> list[dict]:
@@ -38,8 +62,8 @@ def read_jsonl(path: str | Path, drop_partial_tail: bool = False) -> list[dict]:
     """
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"answers file not found: {path}")
-    text = path.read_text(encoding="utf-8")
+        raise MissingFileError(f"answers file not found: {path}")
+    text = read_text(path, "answers file")
     stripped = text.lstrip()
     if stripped.startswith("["):
         try:
@@ -79,7 +103,7 @@ def normalise_record(rec: dict, answer_key: str | None = None, id_key: str | Non
         raise MalformedRecordError(f"{where}: no answer field (looked for {', '.join(akeys)}); keys: {sorted(rec)}")
     if q is None:
         raise MalformedRecordError(f"{where}: no id field (looked for {', '.join(ikeys)}); keys: {sorted(rec)}")
-    out["answer"] = rec[a] if rec[a] is not None else ""
+    out["answer"] = require_text(rec[a], where, f"answer field {a!r}")
     out["question_id"] = rec[q]
     return out
 
@@ -115,6 +139,20 @@ class AnswerWriter:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Replace a file's content all at once: write a temporary file, fsync it, rename it over `path`."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def repair_partial_tail(path: Path) -> None:

@@ -2,6 +2,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -75,13 +76,26 @@ def test_kill_9_then_resume_loses_and_duplicates_nothing(reference_run, tmp_path
     assert {r["question_id"]: r["answer"] for r in got} == ref
 
 
-def test_two_process_torchrun_equals_single_process(reference_run, tmp_path):
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_torchrun_equals_single_process_and_stores_one_row(reference_run, tmp_path):
     ref_dir, _ = reference_run
     d = tmp_path / "sharded"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-           "run.py", *BASE, f"hydra.run.dir={d}", f"results_store={tmp_path / 'results.jsonl'}"]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    store = tmp_path / "results.jsonl"
+    with socket.socket() as squatter:  # another program on torchrun's usual port must not matter
+        try:
+            squatter.bind(("127.0.0.1", 29533))
+            squatter.listen()
+        except OSError:
+            pass  # already held by someone else: the same situation
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+               "--master_port", str(_free_port()), "run.py", *BASE, f"hydra.run.dir={d}", f"results_store={store}"]
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (d / "answers.shard000-of-002.jsonl").exists() and (d / "answers.shard001-of-002.jsonl").exists()
     merged = _answers(d)
@@ -89,6 +103,48 @@ def test_two_process_torchrun_equals_single_process(reference_run, tmp_path):
     assert [r["question_id"] for r in merged] == [r["question_id"] for r in ref]
     assert [r["answer"] for r in merged] == [r["answer"] for r in ref]
     assert json.loads((d / "scores.json").read_text()) == json.loads((ref_dir / "scores.json").read_text())
+    # only the rank that merged scored: one printout, one results row; the other says it finished its shard
+    assert proc.stdout.count("smoke scores:") == 1, proc.stdout
+    assert len(store.read_text().splitlines()) == 1
+    assert "finished" in proc.stdout
+    # running the finished job again neither answers nor scores anything twice
+    again = subprocess.run(cmd[:6] + [str(_free_port())] + cmd[7:], cwd=ROOT, capture_output=True, text=True,
+                           timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert len(store.read_text().splitlines()) == 1 and _answers(d) == merged
+
+
+def test_two_runs_on_one_run_dir_one_refuses_and_the_dir_stays_scorable(reference_run, tmp_path):
+    ref_dir, _ = reference_run
+    d, store = tmp_path / "run", tmp_path / "results.jsonl"
+    args = [*BASE, "run.batch_size=1", f"hydra.run.dir={d}", f"results_store={store}"]
+    log = open(tmp_path / "first.log", "w")
+    first = subprocess.Popen([sys.executable, "run.py", *args], cwd=ROOT, stdout=log, stderr=log,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+    owner = d / "answers.jsonl.owner"
+    deadline = time.time() + 300
+    while not owner.exists() and first.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert owner.exists(), "the first run never took the run lock"
+    second = run_cli(args, check=False)
+    assert first.wait(timeout=600) == 0, (tmp_path / "first.log").read_text()[-3000:]
+    log.close()
+    assert second.returncode == 2, second.stderr[-3000:]
+    assert f"pid {first.pid} on host" in second.stderr and "Traceback" not in second.stderr
+    got = _answers(d)
+    assert [(r["question_id"], r["answer"]) for r in got] == [(r["question_id"], r["answer"]) for r in _answers(ref_dir)]
+    assert len(store.read_text().splitlines()) == 1
+    run_cli(args)  # the folder is scorable by a rerun
+    assert len(store.read_text().splitlines()) == 2
+    assert json.loads((d / "scores.json").read_text()) == json.loads((ref_dir / "scores.json").read_text())
+
+
+@pytest.mark.slow
+def test_kill_9_soak_three_kills_then_resume_equals_uninterrupted(reference_run, tmp_path):
+    ref_dir, _ = reference_run
+    proc = run_cli(["scripts/soak_kill.py", "--kills", "3", "--batch-size", "4", "--reference", str(ref_dir),
+                    "--workdir", str(tmp_path)], check=False)
+    assert proc.returncode == 0 and "PASS" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
 def test_explicit_shards_merge_when_the_last_one_finishes(reference_run, tmp_path):
@@ -101,6 +157,11 @@ def test_explicit_shards_merge_when_the_last_one_finishes(reference_run, tmp_pat
     merged = _answers(d)
     assert [r["answer"] for r in merged] == [r["answer"] for r in _answers(ref_dir)[:10]]
     assert json.loads((d / "scores.json").read_text())["n"] == 10
+    # a shard that reaches the merge after the set was merged and scored (as a second torchrun rank can)
+    # scores nothing again: one results row per set of answers
+    proc = run_cli([*common, "run.num_shards=2", "run.shard_id=1"])
+    assert "already merged and scored" in proc.stdout and "scores:" not in proc.stdout
+    assert len((tmp_path / "r.jsonl").read_text().splitlines()) == 1
 
 
 def test_unknown_config_choice_lists_valid_choices(tmp_path):
