@@ -46,25 +46,6 @@ TASKS = {
     "relation": ("relation",),
 }
 
-DEFAULTS: dict[str, Any] = {
-    "name": "amber",
-    "task": "all",
-    "question_file": None,
-    "annotation_file": None,
-    "relation_file": None,
-    "safe_words_file": None,
-    "image_root": None,
-    "generative_prompt": None,
-    "discriminative_suffix": "",
-    "limit": None,
-    "max_new_tokens": 512,
-    "answer_rule": "exact",
-    "rounding": "reference",
-    "spacy_model": "en_core_web_lg",
-    "similarity_threshold": 0.8,
-    "answer_key": None,
-    "id_key": None,
-}
 
 
 def dimension(kind: str) -> str:
@@ -93,7 +74,7 @@ class Amber(Benchmark):
     label_keys = ("task", "answer_rule", "rounding")
 
     def __init__(self, cfg: Mapping[str, Any] | None = None):
-        super().__init__({**DEFAULTS, **dict(cfg or {})})
+        super().__init__(cfg)
         c = self.cfg
         for key, valid in (("task", tuple(TASKS)), ("rounding", ROUNDINGS), ("answer_rule", ANSWER_RULES)):
             if c[key] not in valid:

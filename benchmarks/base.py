@@ -14,8 +14,6 @@ if TYPE_CHECKING:  # numpy is imported lazily: building a benchmark stays cheap
 from harness.errors import HarnessError
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
-#: bootstrap resamples for the confidence intervals when a benchmark config does not set `bootstrap`
-DEFAULT_BOOTSTRAP = 1000
 
 
 @dataclass
@@ -104,12 +102,21 @@ class Benchmark(ABC):
 
     #: config keys whose values distinguish variants of this benchmark in leaderboards
     label_keys: tuple[str, ...] = ()
+    #: the `configs/benchmark/<choice>.yaml` whose values a config given in code starts from (default: name)
+    config_choice: str | None = None
 
     #: "higher" or "lower" is better, per metric (leaderboard arrows); unlisted metrics have no direction
     metric_directions: Mapping[str, str] = {}
 
     def __init__(self, cfg: Mapping[str, Any] | None = None):
-        self.cfg = dict(cfg or {})
+        from harness.config import typed_node
+
+        values = dict(cfg or {})
+        judge = values.pop("judge", None)  # judged benchmarks: the judge node travels beside the benchmark's
+        # the choice's YAML values under the given ones, type- and range-checked (configs/benchmark/<name>.yaml)
+        self.cfg = typed_node("benchmark", {"name": self.name, **values}, choice=self.config_choice or self.name)
+        if judge is not None:
+            self.cfg["judge"] = judge
 
     def label(self) -> str:
         """The benchmark's name plus the config values that distinguish its variants (e.g. pope/coco/random)."""
@@ -155,11 +162,11 @@ class Benchmark(ABC):
         """{metric: [low, high]}: 95% percentile bootstrap over units (`bootstrap` resamples, 0: none)."""
         from harness.stats import bootstrap_ci
 
-        n = int(self.cfg.get("bootstrap", DEFAULT_BOOTSTRAP) or 0)
+        n = int(self.cfg["bootstrap"])
         units = units if units is not None else (self.units(records, source) if n > 0 else None)
         if n <= 0 or units is None:
             return {}
-        return bootstrap_ci(self.metrics_from_sums, units, n, int(self.cfg.get("bootstrap_seed", 0) or 0))
+        return bootstrap_ci(self.metrics_from_sums, units, n, int(self.cfg["bootstrap_seed"]))
 
     # -- provenance ----------------------------------------------------------------------------------------------
     def data_files(self) -> list[Path]:

@@ -86,14 +86,14 @@ class ChairBenchmark(Benchmark):
     def __init__(self, cfg: dict | None = None):
         super().__init__(cfg)
         c = self.cfg
-        self.ground_truth_name = str(c.get("ground_truth") or "lemma_pos")
-        self.image_set = str(c.get("image_set") or "chair500")
-        self.image_root = c.get("image_root")
-        self.prompt = c.get("prompt") or "Please describe this image in detail."
-        self.limit = c.get("limit")
-        self.max_new_tokens = int(c.get("max_new_tokens") or 512)
-        self.id_key, self.caption_key = c.get("id_key"), c.get("caption_key")
-        self.vocab = load_vocab(bool(c.get("fix_vocab_quirks", False)))
+        self.ground_truth_name = str(c["ground_truth"])
+        self.image_set = str(c["image_set"])
+        self.image_root = c["image_root"]
+        self.prompt = c["prompt"]
+        self.limit = c["limit"]
+        self.max_new_tokens = int(c["max_new_tokens"])
+        self.id_key, self.caption_key = c["id_key"], c["caption_key"]
+        self.vocab = load_vocab(bool(c["fix_vocab_quirks"]))
         self._gt = None
 
     # -------------------------------------------------------------- data

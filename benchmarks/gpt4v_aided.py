@@ -17,7 +17,6 @@ from harness.errors import InputFileError
 from harness.records import MalformedRecordError, read_answers, read_jsonl
 from harness.registry import BENCHMARKS
 
-DEFAULT_QUESTION_FILE = "gpt4v_aided/gpt4v.jsonl"
 DEFAULT_PROMPT_FILE = "gpt4v_aided/gpt4v_judge_prompt.txt"
 TYPES = ("conv", "detail", "complex")
 
@@ -47,9 +46,9 @@ class GPT4VAided(Benchmark):
 
     def items(self) -> list[Item]:
         """The items in file order (the first ``limit`` when set); ids are ``<id>_<type>``."""
-        source = self.cfg.get("question_file") or DEFAULT_QUESTION_FILE
+        source = self.cfg["question_file"]
         rows = load_question_records(source)
-        root = self.cfg.get("image_root")  # the COCO val2014 folder; null: no image paths (as in pope)
+        root = self.cfg["image_root"]  # the COCO val2014 folder; null: no image paths (as in pope)
         img_dir = Path(root).expanduser().resolve() if root else None
         out, seen = [], {}
         for i, r in enumerate(rows, start=1):
@@ -60,7 +59,7 @@ class GPT4VAided(Benchmark):
             path = str(img_dir / r["image"]) if img_dir else None
             out.append(Item(question_id=qid, prompt=r["instruction"], image_path=path, image_id=r["image"],
                             meta={"type": r["type"], "image": r["image"]}))
-        limit = self.cfg.get("limit")
+        limit = self.cfg["limit"]
         return out[: int(limit)] if limit is not None else out
 
     def score(self, records: list[dict], source: str = "answers") -> dict:

@@ -39,9 +39,6 @@ CONSISTENCY_PROMPT = "hallusionbench/judge_consistency.txt"
 JUDGE_MODES = ("rules", "judge", "rules_then_judge")
 SOURCE_KEYS = ("category", "subcategory", "set_id", "figure_id", "question_id", "visual_input", "gt_answer",
                "question", "gt_answer_details")
-DEFAULTS: dict[str, Any] = {"question_file": None, "split": "train", "image_root": None, "judge_mode": "rules_then_judge",
-                            "consistency_check": True, "consistency_prompt": None, "no_image": "blank", "prompt_suffix": "", "limit": None,
-                            "answer_key": None, "max_new_tokens": 64}
 
 
 @functools.lru_cache(maxsize=1)
@@ -96,7 +93,7 @@ class HallusionBench(JudgedBenchmark):
     prompt_fields = ("question", "gt_answer_details", "prediction")
 
     def __init__(self, cfg: Mapping[str, Any] | None = None):
-        super().__init__({**DEFAULTS, **dict(cfg or {})})
+        super().__init__(cfg)
         if self.cfg["judge_mode"] not in JUDGE_MODES:
             raise ValueError(f"benchmark.judge_mode: unknown {self.cfg['judge_mode']!r}; valid: {', '.join(JUDGE_MODES)}")
         if self.cfg["no_image"] not in ("blank", "skip"):

@@ -47,16 +47,6 @@ IMAGES_SUBDIR = ("artwork", "celebrity", "landmark", "posters", "scene")
 YES_NO_INSTRUCTION = re.compile(r"\s*Please answer yes or no\.\s*$")
 LLAVA_SUFFIX = "Answer the question using a single word or phrase."
 
-DEFAULTS: dict[str, Any] = {
-    "name": "mme",
-    "root": None,
-    "subtasks": None,
-    "prompt_suffix": "\n" + LLAVA_SUFFIX,
-    "drop_yes_no_instruction": True,
-    "max_new_tokens": 16,
-    "answer_key": None,
-    "question_file": None,
-}
 
 
 def read_ground_truth(subtask: str, gt_dir: Path = GT_DIR) -> list[tuple[str, str, str]]:
@@ -127,7 +117,7 @@ class MME(Benchmark):
         return "mme/" + "+".join(self.subtasks)
 
     def __init__(self, cfg: Mapping[str, Any] | None = None):
-        super().__init__({**DEFAULTS, **dict(cfg or {})})
+        super().__init__(cfg)
         chosen = self.cfg["subtasks"]
         self.explicit_subtasks = chosen is not None
         self.subtasks: tuple[str, ...] = tuple(chosen) if chosen is not None else SUBTASKS
@@ -160,7 +150,7 @@ class MME(Benchmark):
         if self._items is not None:
             return self._items
         out = []
-        hub = self._question_file_rows() if self.cfg.get("question_file") else None
+        hub = self._question_file_rows() if self.cfg["question_file"] else None
         for subtask in self.subtasks:
             seen: dict[str, int] = defaultdict(int)
             rows = hub.get(subtask, []) if hub is not None else [
@@ -357,7 +347,7 @@ class MME(Benchmark):
 
     def data_files(self) -> list[Path]:
         """The official ground-truth lists of the chosen subtasks (or the local question file)."""
-        qf = self.cfg.get("question_file")
+        qf = self.cfg["question_file"]
         if qf:
             p = Path(str(qf)).expanduser()
             return [p] if p.is_file() else []

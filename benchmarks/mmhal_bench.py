@@ -30,8 +30,6 @@ from harness.registry import BENCHMARKS
 
 QUESTION_FILE = "mmhal_bench/response_template.json"
 TYPES = ("attribute", "adversarial", "comparison", "counting", "relation", "environment", "holistic", "other")
-DEFAULTS: dict[str, Any] = {"question_file": None, "split": "test", "image_root": None, "limit": None,
-                            "unparsed_rating": 0, "answer_key": None, "max_new_tokens": 512}
 
 
 def parse_rating(reply: str) -> int:
@@ -66,7 +64,7 @@ class MMHalBench(JudgedBenchmark):
     prompt_fields = ("image_content", "question", "gt_answer", "model_answer")
 
     def __init__(self, cfg: Mapping[str, Any] | None = None):
-        super().__init__({**DEFAULTS, **dict(cfg or {})})
+        super().__init__(cfg)
         self._items: list[Item] | None = None
 
     def items(self) -> list[Item]:

@@ -38,11 +38,6 @@ from harness.records import normalise_record, read_jsonl
 from harness.registry import BENCHMARKS
 
 QUESTION_FILE = "object_halbench/obj_halbench_300_questions.reconstructed.jsonl"
-DEFAULTS: dict[str, Any] = {
-    "question_file": None, "split": "test", "image_root": None, "extractor": "judge", "synonyms": "refine",
-    "ground_truth": "lemma_pos", "limit": None, "answer_key": None, "max_new_tokens": 512,
-    "image_files": ["COCO_val2014_{image_id:012d}.jpg", "COCO_train2014_{image_id:012d}.jpg"],
-}
 
 
 def clean_response(text: object) -> str:
@@ -80,7 +75,7 @@ class ObjectHalBench(JudgedBenchmark):
     prompt_fields = ("question", "answer")
 
     def __init__(self, cfg: Mapping[str, Any] | None = None):
-        super().__init__({**DEFAULTS, **dict(cfg or {})})
+        super().__init__(cfg)
         if self.cfg["extractor"] not in ("judge", "chair"):
             raise ValueError(f"benchmark.extractor: unknown {self.cfg['extractor']!r}; valid: judge, chair")
         self.vocab = object_vocab(str(self.cfg["synonyms"]))

@@ -44,21 +44,6 @@ LLAVA_COMBINED_OFFSET = 10_000_000
 LLAVA_COMBINED_ORDER = ("adversarial", "random", "popular")  # offset 0, 1e7, 2e7
 MEAN_KEYS = ("accuracy", "precision", "recall", "f1", "yes_ratio")
 
-DEFAULTS: dict[str, Any] = {
-    "name": "pope",
-    "dataset": "coco",
-    "split": "random",
-    "version": "current",
-    "parser": "llava",
-    "image_root": None,
-    "question_file": None,
-    "prompt_suffix": "",
-    "limit": None,
-    "max_new_tokens": 16,
-    "answer_key": None,
-    "id_key": None,
-    "llava_combined_ids": "auto",
-}
 
 
 def question_file_path(dataset: str, split: str, version: str = "current") -> Path:
@@ -105,7 +90,7 @@ class POPE(Benchmark):
     metric_directions = BINARY_DIRECTIONS
 
     def __init__(self, cfg: Mapping[str, Any] | None = None):
-        super().__init__({**DEFAULTS, **dict(cfg or {})})
+        super().__init__(cfg)
         c = self.cfg
         split = c["split"]
         self.splits: tuple[str, ...] = SPLITS if split == "all" else (split,)

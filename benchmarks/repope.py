@@ -27,12 +27,11 @@ from typing import Any, Mapping
 
 from benchmarks.base import DATA_DIR, Item
 from benchmarks.loading import load_question_records
-from benchmarks.pope import DEFAULTS as POPE_DEFAULTS
 from benchmarks.pope import POPE, SPLITS, question_file_path
+from harness.errors import ConfigValueError
 from harness.registry import BENCHMARKS
 
 REPOPE_DIR = DATA_DIR / "repope"
-DEFAULTS: dict[str, Any] = {**POPE_DEFAULTS, "name": "repope", "dataset": "coco", "parser": "repope"}
 
 
 def repope_file(split: str):
@@ -77,10 +76,9 @@ class RePOPE(POPE):
     label_keys = ("split", "version", "parser")
 
     def __init__(self, cfg: Mapping[str, Any] | None = None):
-        c = {**DEFAULTS, **dict(cfg or {})}
-        if c["dataset"] != "coco":
-            raise ValueError(f"RePOPE relabels COCO POPE only; got dataset {c['dataset']!r}")
-        super().__init__(c)
+        super().__init__(cfg)
+        if self.cfg["dataset"] != "coco":
+            raise ConfigValueError(f"benchmark.dataset: RePOPE relabels COCO POPE only; got {self.cfg['dataset']!r}")
         self._removed: dict[str, set[str]] = {}
         self.not_in_version: dict[str, int] = {}
 

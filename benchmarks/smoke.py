@@ -31,23 +31,23 @@ class SmokeBenchmark(Benchmark):
     label_keys = ()
 
     def _chair(self):
-        return BENCHMARKS.get("chair")({"name": "chair", "ground_truth": self.cfg.get("ground_truth", "lemma_pos")})
+        return BENCHMARKS.get("chair")({"name": "chair", "ground_truth": self.cfg["ground_truth"]})
 
     def items(self) -> list[Item]:
         """One caption item and four yes/no items per shipped image."""
         from benchmarks.chair_metric import load_ground_truth
 
-        gt = load_ground_truth(self.cfg.get("ground_truth", "lemma_pos"))
+        gt = load_ground_truth(self.cfg["ground_truth"])
         out: list[Item] = []
         for path in sorted((DATA_DIR / "images").glob("COCO_val2014_*.jpg")):
             cid = _coco_id(path.name)
             objects = sorted(gt[cid])
             meta = {"kind": "caption", "coco_id": cid}
-            out.append(Item(f"caption/{cid}", self.cfg.get("caption_prompt", "Please describe this image in detail."),
+            out.append(Item(f"caption/{cid}", self.cfg["caption_prompt"],
                             str(path), path.name, meta))
             absent = [o for o in ABSENT_POOL if o not in objects][:2]
             for k, (obj, label) in enumerate([(o, "yes") for o in objects[:2]] + [(o, "no") for o in absent]):
-                q = self.cfg.get("question_template", "Is there a {obj} in the image?").format(obj=obj)
+                q = self.cfg["question_template"].format(obj=obj)
                 out.append(Item(f"pope/{cid}/{k}", q, str(path), path.name,
                                 {"kind": "yes_no", "coco_id": cid, "object": obj, "label": label}))
         return out
@@ -70,7 +70,7 @@ class SmokeBenchmark(Benchmark):
         scores.pop("unparsed", None)  # CHAIR has no parse step
         if "n" in scores:
             scores["chair_n"] = scores.pop("n")
-        parser = get_parser(self.cfg.get("parser", "llava"))
+        parser = get_parser(self.cfg["parser"])
         yn = [(parser(r["answer"], meta["label"]), meta["label"]) for r, meta in pairs if meta["kind"] == "yes_no"]
         if yn:
             m = binary_metrics([p.pred for p, _ in yn], [label for _, label in yn])
@@ -97,7 +97,7 @@ class SmokeBenchmark(Benchmark):
                 ids.append(str(r["question_id"]))
                 rows.append(np.concatenate([vals, np.zeros(len(CONFUSION_COLUMNS))]))
                 strata.append(0)
-        parser = get_parser(self.cfg.get("parser", "llava"))
+        parser = get_parser(self.cfg["parser"])
         for r in records:
             meta = items[str(r["question_id"])].meta
             if meta["kind"] == "yes_no":
@@ -126,5 +126,5 @@ class SmokeBenchmark(Benchmark):
         """The shipped images and the CHAIR ground truth."""
         from benchmarks.chair_metric import GROUND_TRUTH_FILES
 
-        gt = self.cfg.get("ground_truth", "lemma_pos")
+        gt = self.cfg["ground_truth"]
         return sorted((DATA_DIR / "images").glob("COCO_val2014_*.jpg")) + [GROUND_TRUTH_FILES.get(gt, gt)]

@@ -29,10 +29,14 @@ ARROWS = {"higher": "↑", "lower": "↓"}
 # ---- row labels ------------------------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=64)
 def intervention_defaults(name: str) -> dict:
-    """The defaults of `configs/intervention/<name>.yaml` ({} when there is no such file)."""
-    from interventions.base import member_defaults
+    """The values of `configs/intervention/<name>.yaml` ({} for an unknown name, e.g. external answers)."""
+    from harness.config import group_defaults
 
-    return {k: v for k, v in member_defaults(name).items() if k != "name"}
+    try:
+        values = group_defaults("intervention", name)
+    except Exception:  # not a configured intervention (external answers, a removed method)
+        return {}
+    return {k: v for k, v in values.items() if k != "name"}
 
 
 def _fmt_param(v: Any) -> str:

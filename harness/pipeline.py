@@ -18,7 +18,8 @@ from harness.results import add_result, read_results, result_row, setting_label
 from harness.sharding import (ANSWERS, already_scored, mark_scored, merge_shards_locked, run_lock, shard_file,
                               shard_items, shard_world)
 from harness.stats import score_statistics
-from harness.validate import check_outputs, validate_benchmark, validate_generation
+from harness.config import validate
+from harness.validate import check_outputs
 
 log = logging.getLogger("halluc_bench")
 
@@ -80,9 +81,8 @@ def answers_label(path: str) -> str:
 def run_job(cfg: DictConfig, run_dir: Path) -> dict | None:
     """Run the configured job in `run_dir`; returns the scores, or None for a shard that does not score."""
     c = plain(cfg)
-    validate_benchmark(c["benchmark"])
+    validate(c)  # every range rule of the typed schema, before anything loads
     if not c.get("answers"):
-        validate_generation(c)
         if not c["model"].get("tiny"):  # before anything heavy loads: an unreachable hub id fails in seconds
             from harness.hub import check_reachable
 
@@ -115,8 +115,8 @@ def _generate_and_score(bench: Any, c: dict, run_dir: Path) -> dict | None:
 
         intervention.resolve(load_model_info(c["model"]))
     decoding = dict(c["decoding"])
-    if not decoding.get("max_new_tokens"):
-        decoding["max_new_tokens"] = c["benchmark"].get("max_new_tokens") or 64
+    if decoding["max_new_tokens"] is None:
+        decoding["max_new_tokens"] = c["benchmark"]["max_new_tokens"]
     fingerprint = make_fingerprint(c["model"], intervention, decoding, c["seed"], c["benchmark"])
     items = selected_items(bench, c["run"].get("limit"))
     if not items:

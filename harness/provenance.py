@@ -74,8 +74,7 @@ def run_provenance(bench: Any, decoding: Mapping | None, seed: Any, fingerprint:
         "judge_model": judge,
         "decoding": dict(decoding) if decoding is not None else None,
         "seed": seed,
-        "bootstrap": {"resamples": int(bench.cfg.get("bootstrap", 1000) or 0),
-                      "seed": int(bench.cfg.get("bootstrap_seed", 0) or 0)},
+        "bootstrap": {"resamples": int(bench.cfg["bootstrap"]), "seed": int(bench.cfg["bootstrap_seed"])},
     }
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 import math
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
+from harness.errors import ConfigValueError
 from harness.registry import INTERVENTIONS
 
 
@@ -37,7 +37,13 @@ class Intervention:
     strength_key: str | None = None
 
     def __init__(self, cfg: Mapping[str, Any] | None = None):
-        self.cfg = dict(cfg or {})
+        values = dict(cfg or {})
+        if self.name != "compose":
+            from harness.config import typed_node
+
+            # the YAML values of configs/intervention/<name>.yaml under the given ones, type- and range-checked
+            values = typed_node("intervention", {**values, "name": self.name})
+        self.cfg = values
         check_numbers(self.name, self.cfg)
         self.resolved_for: Any = None  # the model the parameters were resolved against
 
@@ -134,7 +140,7 @@ def check_numbers(name: str, cfg: Mapping[str, Any]) -> None:
     """Raise a ValueError naming `intervention.<key>` for a NaN or infinite number (it would run silently)."""
     for key, value in cfg.items():
         if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"intervention.{key}={value} ({name}): must be a finite number")
+            raise ConfigValueError(f"intervention.{key}: expected a finite number, got {value!r} ({name})")
 
 
 def merge_row_info(infos: list[list[dict] | None]) -> list[dict] | None:
@@ -153,14 +159,6 @@ def build_intervention(cfg: Mapping[str, Any] | None) -> Intervention:
         members = cfg.get("members") or []
         if not members:
             raise ValueError("intervention.members is empty: give a list of intervention configs to compose")
-        return Composite([build_intervention({**member_defaults(dict(m).get("name", "none")), **dict(m)})
-                          for m in members])
+        # each member starts from its own config's values, so it equals the same choice alone
+        return Composite([build_intervention(dict(m)) for m in members])
     return INTERVENTIONS.get(name)(cfg)
-
-
-def member_defaults(name: str) -> dict:
-    """The defaults of `configs/intervention/<name>.yaml`, so a composed member equals the same choice alone."""
-    import yaml
-
-    path = Path(__file__).resolve().parents[1] / "configs" / "intervention" / f"{name}.yaml"
-    return dict(yaml.safe_load(path.read_text()) or {}) if path.exists() else {}

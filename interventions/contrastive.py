@@ -134,7 +134,9 @@ def contrastive_generate(adapter: Any, input_ids: torch.Tensor, views: Sequence[
     if unknown:
         raise ValueError(f"contrastive decoding does not support generate kwargs {sorted(unknown)}; "
                          f"supported: {sorted(_EXTRA_KEYS)}")
-    strategy = decoding.get("strategy", "greedy")
+    from harness.config import decoding_node
+
+    strategy = decoding_node(decoding)["strategy"]
     if strategy == "beam" or int(extra.get("num_beams") or 1) > 1:
         raise NotImplementedError("contrastive decoding (damro, vcd) supports decoding.strategy greedy and sample, "
                                   "not beam search")
@@ -211,8 +213,8 @@ class ContrastiveIntervention:
 
     def resolved(self, adapter: Any) -> dict:
         """The effective parameters for this adapter (alpha, beta, reference_sampling, ...)."""
-        return {"alpha": float(self.cfg.get("alpha", 1.0)), "beta": float(self.cfg.get("beta", 0.1)),
-                "reference_sampling": bool(self.cfg.get("reference_sampling", False))}
+        return {"alpha": float(self.cfg["alpha"]), "beta": float(self.cfg["beta"]),
+                "reference_sampling": bool(self.cfg["reference_sampling"])}
 
     def views(self, adapter: Any, batch: Any) -> list[View]:  # pragma: no cover - abstract
         """(original, contrastive) views of a prepared batch."""

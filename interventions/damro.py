@@ -39,7 +39,7 @@ Reference behaviour (github.com/coder-gx/DAMRO, modified transformers 4.43 + `sa
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator
 
 from harness.registry import INTERVENTIONS
 from harness.models.vision_attention import topk_patches
@@ -54,14 +54,6 @@ class Damro(ContrastiveIntervention, Intervention):
     name = "damro"
     strength_key = "alpha"
 
-    def __init__(self, cfg: Mapping[str, Any] | None = None):
-        super().__init__(cfg)
-        for key, kind in (("alpha", float), ("beta", float), ("topk", int)):
-            if self.cfg.get(key) is not None:
-                self.cfg[key] = kind(self.cfg[key])
-                if self.cfg[key] < 0:
-                    raise ValueError(f"intervention.{key}={self.cfg[key]} (damro): must be >= 0")
-
     def model_defaults(self, model: Any) -> dict:
         """The family's paper values of alpha and topk; a family without a CLS-attention recipe refuses here,
         before any weights load."""
@@ -72,9 +64,9 @@ class Damro(ContrastiveIntervention, Intervention):
         """alpha / topk from the config, else the family's paper default; beta, flags."""
         self.resolve(adapter.info)
         return {"alpha": float(self.cfg["alpha"]), "topk": int(self.cfg["topk"]),
-                "beta": float(self.cfg.get("beta", 0.1)),
-                "reference_sampling": bool(self.cfg.get("reference_sampling", False)),
-                "reference_cls_offset": bool(self.cfg.get("reference_cls_offset", False))}
+                "beta": float(self.cfg["beta"]),
+                "reference_sampling": bool(self.cfg["reference_sampling"]),
+                "reference_cls_offset": bool(self.cfg["reference_cls_offset"])}
 
     def setup(self, adapter: Any) -> None:
         """Check that the family has a CLS-attention recipe and resolve the parameters once."""

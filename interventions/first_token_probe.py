@@ -50,7 +50,7 @@ class FirstTokenProbe(Intervention):
     name = "first_token_probe"
 
     def __init__(self, cfg: dict | None = None):
-        super().__init__({"threshold": 0.5, "rows": "auto", **dict(cfg or {})})
+        super().__init__(cfg)
         if not self.cfg.get("probe"):
             raise ValueError("intervention=first_token_probe needs intervention.probe=PATH "
                              "(a probe JSON written by scripts/probe_first_token.py train)")

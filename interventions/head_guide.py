@@ -65,19 +65,12 @@ from typing import Any, Iterator, Mapping
 
 import torch
 
+from harness.errors import ConfigValueError
 from harness.registry import INTERVENTIONS
 from interventions.attention_fn import active_implementation, edit_attention_logits
 from interventions.base import GenerationPlan, Intervention
 from interventions.contrastive import active_rows
 
-DEFAULTS: dict = {
-    "layers": None,
-    "layers_inclusive": True,
-    "alpha": 0.5,
-    "aggregation": "mean",
-    "top_k": None,
-    "reference_prefill_mask": False,
-}
 AGGREGATIONS = ("mean", "topk")
 
 
@@ -155,27 +148,12 @@ class HeadGuide(Intervention):
     strength_key = "alpha"
 
     def __init__(self, cfg: Mapping[str, Any] | None = None):
-        cfg = {**DEFAULTS, **{k: v for k, v in dict(cfg or {}).items()}}
-        unknown = {k for k in cfg if not k.startswith("_")} - set(DEFAULTS) - {"name"}
-        if unknown:
-            raise ValueError(f"head_guide: unknown option(s) {sorted(unknown)}; valid: {', '.join(DEFAULTS)}")
-        cfg["name"] = "head_guide"
-        if cfg["layers"] is not None:
-            cfg["layers"] = list(cfg["layers"]) if not isinstance(cfg["layers"], int) else [cfg["layers"]]
-        cfg["alpha"] = float(cfg["alpha"])
-        if not math.isfinite(cfg["alpha"]) or cfg["alpha"] < 0:
-            raise ValueError(f"intervention.alpha={cfg['alpha']} (head_guide): must be a finite number >= 0")
-        cfg["layers_inclusive"] = bool(cfg["layers_inclusive"])
-        cfg["reference_prefill_mask"] = bool(cfg["reference_prefill_mask"])
-        if cfg["aggregation"] not in AGGREGATIONS:
-            raise ValueError(f"head_guide.aggregation={cfg['aggregation']!r}; valid choices: {', '.join(AGGREGATIONS)}")
-        if cfg["aggregation"] == "topk":
-            if not cfg["top_k"] or int(cfg["top_k"]) < 1:
-                raise ValueError("head_guide.aggregation=topk needs top_k >= 1 (number of heads to average)")
-            cfg["top_k"] = int(cfg["top_k"])
-        super().__init__(cfg)
-        if cfg["layers"] is not None:
-            resolve_layers(cfg["layers"], cfg["layers_inclusive"])  # reject a malformed range now
+        super().__init__(cfg)  # configs/intervention/head_guide.yaml's values under cfg, typed and range-checked
+        c = self.cfg
+        if c["layers"] is not None:
+            resolve_layers(c["layers"], c["layers_inclusive"])  # reject a malformed range now
+        if c["aggregation"] == "topk" and not c["top_k"]:
+            raise ConfigValueError("intervention.top_k: aggregation=topk needs top_k >= 1 (heads to average)")
 
     def model_defaults(self, model: Any) -> dict:
         """`layers: null` -> the paper's relative depth in this model (`proportional_layers`), inclusive;

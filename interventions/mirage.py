@@ -92,7 +92,7 @@ class YesBias(Intervention):
     strength_key = "strength"
 
     def __init__(self, cfg: dict | None = None):
-        super().__init__({"strength": 0.0, "steps": "first", **dict(cfg or {})})
+        super().__init__(cfg)
         if self.cfg["steps"] not in ("first", "all"):
             raise ValueError(f"intervention.steps={self.cfg['steps']!r}; valid choices: first, all")
         self.strength = float(self.cfg["strength"])
@@ -119,7 +119,7 @@ class PlausibilityCut(Intervention):
     strength_key = "beta"
 
     def __init__(self, cfg: dict | None = None):
-        super().__init__({"beta": 0.1, **dict(cfg or {})})
+        super().__init__(cfg)
         self.beta = float(self.cfg["beta"])
         if not 0 <= self.beta <= 1:
             raise ValueError(f"intervention.beta={self.beta} must be in [0, 1]")

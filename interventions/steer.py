@@ -60,9 +60,9 @@ class Steer(Intervention):
 
     def __init__(self, cfg=None):
         super().__init__(cfg)
-        self.positions = check_choice("intervention.positions", self.cfg.get("positions") or "all", POSITIONS)
-        self.site = check_choice("intervention.site", self.cfg.get("site") or "block", SITES)
-        self.mode = check_choice("intervention.mode", self.cfg.get("mode") or "add", MODES)
+        self.positions = check_choice("intervention.positions", self.cfg["positions"], POSITIONS)
+        self.site = check_choice("intervention.site", self.cfg["site"], SITES)
+        self.mode = check_choice("intervention.mode", self.cfg["mode"], MODES)
         self.lam_text = self._lam("lam_text")
         self.lam_vision = self._lam("lam_vision")
         self._hooks: dict = {}
@@ -72,7 +72,7 @@ class Steer(Intervention):
     def _lam(self, key: str) -> float:
         value = self.cfg.get(key)
         if value is None:
-            value = self.cfg.get("lam", 1.0)
+            value = self.cfg["lam"]
         return float(value)
 
     def params(self) -> dict:

@@ -31,7 +31,7 @@ from __future__ import annotations
 import hashlib
 import zlib
 from contextlib import contextmanager
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 
@@ -99,21 +99,10 @@ class Vcd(ContrastiveIntervention, Intervention):
     name = "vcd"
     strength_key = "alpha"
 
-    def __init__(self, cfg: Mapping[str, Any] | None = None):
-        super().__init__(cfg)
-        for key in ("alpha", "beta"):
-            if self.cfg.get(key) is not None:
-                self.cfg[key] = float(self.cfg[key])
-        if float(self.cfg.get("alpha", 1.0)) < 0:
-            raise ValueError(f"vcd alpha must be >= 0, got {self.cfg.get('alpha')}")
-        step = int(self.cfg.get("noise_step", 500))
-        if not 0 <= step < NUM_DIFFUSION_STEPS:
-            raise ValueError(f"vcd noise_step must be in 0..{NUM_DIFFUSION_STEPS - 1}, got {step}")
-
     def views(self, adapter: Any, batch: Any) -> list[View]:
         """(original, noised) views, both images encoded in one vision pass."""
         pieces = adapter.spec.split_pixels(adapter.spec.vision_inputs(batch.inputs))
-        noisy = noised_pixels(pieces, int(self.cfg.get("noise_step", 500)), int(self.cfg.get("noise_seed", 0)),
+        noisy = noised_pixels(pieces, int(self.cfg["noise_step"]), int(self.cfg["noise_seed"]),
                               getattr(batch, "images", None))
         return views_from_pixels(adapter, batch.inputs, [pieces, noisy])
 

@@ -38,7 +38,7 @@ class Warn(Intervention):
     name = "warn"
 
     def __init__(self, cfg: dict | None = None):
-        super().__init__({"threshold": 0.5, **dict(cfg or {})})
+        super().__init__(cfg)
         if not self.cfg.get("detector"):
             raise ValueError("intervention=warn needs intervention.detector=PATH "
                              "(a detector trained with scripts/train_detector.py)")

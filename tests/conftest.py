@@ -10,6 +10,9 @@ import pytest
 import torch
 
 torch.set_num_threads(1)
+from harness.config import register_configs as _register_configs
+
+_register_configs()  # the typed schemas, before any test composes a config
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 

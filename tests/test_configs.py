@@ -71,14 +71,11 @@ def test_benchmark_variants_accept_every_key_of_their_base():
 
 
 def test_run_dir_ignores_no_op_null_overrides():
-    import importlib.util
+    from harness.cli.run import run_dir_slug as slug
 
-    spec = importlib.util.spec_from_file_location("run_entry", ROOT / "run.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
     # damro's alpha defaults to null (the family's paper value): alpha=null is the same run as no override
-    assert mod._slug("intervention.alpha=null,run.limit=3", "damro") == mod._slug("run.limit=3", "damro")
-    assert mod._slug("intervention.alpha=null", "damro") == "default"
-    assert mod._slug("intervention.alpha=null", "vcd") != "default"  # vcd's alpha is 1.0: null is a change
-    assert mod._slug("intervention.layers=[1,2],intervention.alpha=0", "head_guide") == (
+    assert slug("intervention.alpha=null,run.limit=3", "damro") == slug("run.limit=3", "damro")
+    assert slug("intervention.alpha=null", "damro") == "default"
+    assert slug("intervention.alpha=null", "vcd") != "default"  # vcd's alpha is 1.0: null is a change
+    assert slug("intervention.layers=[1,2],intervention.alpha=0", "head_guide") == (
         "intervention.layers=_1,2_,intervention.alpha=0")

@@ -60,10 +60,10 @@ def test_setting_label():
 def _store_run(tmp_path, store, model, bench_cfg, records, interv_cfg):
     """Score records as a run of `model` under an intervention, exactly as run.py stores it."""
     from harness.pipeline import build_benchmark, score_and_store
-    from interventions.base import build_intervention, member_defaults
+    from interventions.base import build_intervention
 
     name = interv_cfg["name"]
-    interv = build_intervention({**member_defaults(name), **interv_cfg})
+    interv = build_intervention(interv_cfg)
     run_dir = tmp_path / "runs" / f"{model}-{name}-{len(list((tmp_path / 'runs').glob('*'))) if (tmp_path / 'runs').exists() else 0}"
     run_dir.mkdir(parents=True)
     cfg = {"model": {"name": model}, "decoding": {"strategy": "greedy", "max_new_tokens": None}, "seed": 0,

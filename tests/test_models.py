@@ -65,4 +65,4 @@ def test_model_path_errors_are_clear(tmp_path):
     with pytest.raises(ValueError, match="either model.tiny .* or model.path"):
         load_adapter({"name": "x", "family": "llava", "tiny": "tiny_llava", "path": str(tmp_path)})
     with pytest.raises(FileNotFoundError, match="no such local folder"):
-        load_adapter({"name": "x", "family": "llava", "tiny": None, "path": str(tmp_path / "missing")})
+        load_adapter({"name": "llava15_7b", "tiny": None, "path": str(tmp_path / "missing")})

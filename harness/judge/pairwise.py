@@ -191,5 +191,4 @@ def aggregate(records: list[dict], names: Sequence[str], both_orders: bool = Tru
                                      for c in CRITERIA},
         "statistics": pairwise_statistics(per_q, names),
         "failures": failures,
-        "statistics": pairwise_statistics(per_q, names),
     }

@@ -6,10 +6,11 @@ Everything architecture-specific comes from the model's family object (`adapter.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+
+from harness.errors import ConfigValueError
 
 def resolve_module(root: torch.nn.Module, path: str) -> torch.nn.Module:
     """The submodule at dotted `path`; a KeyError names the path when it does not resolve."""
@@ -158,20 +159,22 @@ class VLMAdapter:
 
 
 def generation_kwargs(decoding: dict, tokenizer: Any) -> dict:
-    """`generate` keyword arguments for a decoding config (greedy, beam or sampling)."""
-    strategy = decoding.get("strategy", "greedy")
-    kw: dict = {"max_new_tokens": int(decoding.get("max_new_tokens") or 64),
-                "pad_token_id": tokenizer.pad_token_id}
-    if strategy == "greedy":
+    """`generate` keyword arguments for a decoding config (greedy, beam or sampling); a partial dict given in
+    code starts from the YAML of its strategy (configs/decoding/<strategy>.yaml)."""
+    from harness.config import decoding_node
+
+    d = decoding_node(decoding)
+    if d["max_new_tokens"] is None:  # the pipeline fills it from benchmark.max_new_tokens
+        raise ConfigValueError("decoding.max_new_tokens is not set (null means: the benchmark's max_new_tokens)")
+    kw: dict = {"max_new_tokens": int(d["max_new_tokens"]), "pad_token_id": tokenizer.pad_token_id}
+    if d["strategy"] == "greedy":
         kw.update(do_sample=False, num_beams=1)
-    elif strategy == "beam":
-        kw.update(do_sample=False, num_beams=int(decoding.get("num_beams", 5)))
-    elif strategy == "sample":
-        kw.update(do_sample=True, temperature=float(decoding.get("temperature", 1.0)),
-                  top_p=float(decoding.get("top_p", 1.0)), top_k=int(decoding.get("top_k", 0) or 0))
+    elif d["strategy"] == "beam":
+        kw.update(do_sample=False, num_beams=int(d["num_beams"]))
     else:
-        raise ValueError(f"decoding.strategy={strategy!r}; valid choices: greedy, beam, sample")
+        kw.update(do_sample=True, temperature=float(d["temperature"]), top_p=float(d["top_p"]),
+                  top_k=int(d["top_k"] or 0))
     for key in ("repetition_penalty", "length_penalty", "min_new_tokens"):
-        if decoding.get(key) is not None:
-            kw[key] = decoding[key]
+        if d[key] is not None:
+            kw[key] = d[key]
     return kw

@@ -7,6 +7,8 @@ from typing import Any, Mapping
 
 import torch
 
+from harness.config import model_node
+from harness.errors import ConfigValueError, MissingFileError
 from harness.models.adapter import VLMAdapter
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "auto": "auto"}
@@ -39,18 +41,21 @@ class ModelInfo:
 
 def checkpoint_path(cfg: Mapping[str, Any]) -> str:
     """The folder or hub id to load: the tiny model's folder (built on first use) or `model.path`, checked."""
-    path = cfg.get("path")
-    if cfg.get("tiny") and path:
-        raise ValueError(f"model {cfg.get('name')!r}: set either model.tiny (an offline tiny model) or model.path "
-                         f"(a checkpoint), not both; use model.tiny=null to load {path!r}")
+    cfg = model_node(cfg)
+    path = cfg["path"]
+    if cfg["tiny"] and path:
+        raise ConfigValueError(f"model {cfg['name']!r}: set either model.tiny (an offline tiny model) or model.path "
+                               f"(a checkpoint), not both; use model.tiny=null to load {path!r}")
     if path and str(path).startswith(("/", "./", "../", "~")) and not Path(str(path)).expanduser().exists():
-        raise FileNotFoundError(f"model.path={path!r}: no such local folder (hub ids look like 'org/name')")
-    if cfg.get("tiny"):
+        raise MissingFileError(f"model.path={path!r}: no such local folder (hub ids look like 'org/name')")
+    if cfg["tiny"]:
         from harness.models.tiny import ensure_tiny_model
 
-        path = str(ensure_tiny_model(cfg["tiny"], int(cfg.get("tiny_seed", 0))))
+        if cfg["tiny_seed"] is None:
+            raise ConfigValueError(f"model.tiny_seed: the tiny model {cfg['tiny']!r} needs a seed")
+        path = str(ensure_tiny_model(cfg["tiny"], int(cfg["tiny_seed"])))
     if not path:
-        raise ValueError(f"model {cfg.get('name')!r}: set model.path (hub id or local folder) or model.tiny")
+        raise ConfigValueError(f"model {cfg['name']!r}: set model.path (hub id or local folder) or model.tiny")
     return str(path)
 
 
@@ -58,40 +63,39 @@ def load_model_info(cfg: Mapping[str, Any]) -> ModelInfo:
     """The family and HF config of a model config node, without loading weights (config.json only)."""
     from transformers import AutoConfig
 
+    cfg = model_node(cfg)
     path = checkpoint_path(cfg)
-    config = AutoConfig.from_pretrained(path, trust_remote_code=bool(cfg.get("trust_remote_code", False)))
-    return ModelInfo(model_family(cfg, config), config, cfg.get("name") or "")
+    config = AutoConfig.from_pretrained(path, trust_remote_code=cfg["trust_remote_code"])
+    return ModelInfo(model_family(cfg, config), config, cfg["name"])
 
 
 def load_adapter(cfg: Mapping[str, Any]) -> VLMAdapter:
-    """A VLMAdapter for a model config node (keys: name, family, path, tiny, dtype, device, device_map, ...)."""
+    """A VLMAdapter for a model config node (`configs/model/<name>.yaml`; a dict given in code starts from the
+    YAML of its `tiny` or `name` choice)."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
+    cfg = model_node(cfg)
     path = checkpoint_path(cfg)
-    dtype_name = str(cfg.get("dtype") or "float32")
-    if dtype_name not in DTYPES:
-        raise ValueError(f"model.dtype={dtype_name!r}; valid choices: {', '.join(DTYPES)}")
-    device = pick_device(cfg.get("device"))
-    dtype = DTYPES[dtype_name]
+    device = pick_device(cfg["device"])
+    dtype = DTYPES[cfg["dtype"]]
     if device == "cpu" and dtype in (torch.float16,):
         dtype = torch.float32  # half matmuls are unsupported or very slow on CPU
-    trust = bool(cfg.get("trust_remote_code", False))
-    kwargs: dict = dict(dtype=dtype, attn_implementation=cfg.get("attn_implementation") or "sdpa",
-                        trust_remote_code=trust)
-    if cfg.get("device_map"):
+    trust = cfg["trust_remote_code"]
+    kwargs: dict = dict(dtype=dtype, attn_implementation=cfg["attn_implementation"], trust_remote_code=trust)
+    if cfg["device_map"]:
         kwargs["device_map"] = cfg["device_map"]
     model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
-    if not cfg.get("device_map"):
+    if not cfg["device_map"]:
         model.to(device)
-    if cfg.get("adapter"):
+    if cfg["adapter"]:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, cfg["adapter"]).merge_and_unload()
     model.eval()
     processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust, backend="pil")
     spec = model_family(cfg, model.config)
-    return VLMAdapter(model, processor, spec, name=cfg.get("name", ""),
-                      prompt_template=cfg.get("prompt_template"), system_prompt=cfg.get("system_prompt"))
+    return VLMAdapter(model, processor, spec, name=cfg["name"], prompt_template=cfg["prompt_template"],
+                      system_prompt=cfg["system_prompt"])
 
 
 def model_family(cfg: Mapping[str, Any], config: Any):
@@ -104,7 +108,7 @@ def model_family(cfg: Mapping[str, Any], config: Any):
         return family_for_model_type(model_type)
     spec = get_family(cfg["family"])
     if model_type not in spec.model_types:
-        raise ValueError(f"model.family={cfg['family']!r} serves model_type {'/'.join(spec.model_types)}, but "
+        raise ConfigValueError(f"model.family={cfg['family']!r} serves model_type {'/'.join(spec.model_types)}, but "
                          f"{cfg.get('path') or cfg.get('tiny')!r} is a {model_type!r} checkpoint; set model.family="
                          f"{family_for_model_type(model_type).name} (or null to infer it)")
     return spec

@@ -1,0 +1,1 @@
+"""Hydra configs of halluc-bench, shipped as package data (found from a wheel install as pkg://configs)."""
