@@ -65,7 +65,7 @@ def load_model_info(cfg: Mapping[str, Any]) -> ModelInfo:
 
 def load_adapter(cfg: Mapping[str, Any]) -> VLMAdapter:
     """A VLMAdapter for a model config node (keys: name, family, path, tiny, dtype, device, device_map, ...)."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoModelForImageTextToText
 
     path = checkpoint_path(cfg)
     dtype_name = str(cfg.get("dtype") or "float32")
@@ -88,8 +88,8 @@ def load_adapter(cfg: Mapping[str, Any]) -> VLMAdapter:
 
         model = PeftModel.from_pretrained(model, cfg["adapter"]).merge_and_unload()
     model.eval()
-    processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust, backend="pil")
     spec = model_family(cfg, model.config)
+    processor = spec.load_processor(path, trust)
     return VLMAdapter(model, processor, spec, name=cfg.get("name", ""),
                       prompt_template=cfg.get("prompt_template"), system_prompt=cfg.get("system_prompt"))
 
