@@ -65,6 +65,10 @@ def test_engine_alpha0_equals_hf_greedy(tiny_adapters, coco_images, name):
 @pytest.mark.parametrize("iv", ["damro", "vcd"])
 def test_alpha0_reproduces_baseline(tiny_adapters, coco_images, name, iv):
     a = tiny_adapters[name]
+    if iv == "damro" and a.spec.damro_unsupported:  # no CLS token: a clear refusal instead
+        with pytest.raises(ValueError, match=f"damro cannot run on model family {a.family!r}: .*CLS"):
+            build_intervention({"name": iv, "alpha": 0}).setup(a)
+        return
     b = _batch(a, coco_images, offset=1)
     base = a.generate_ids(b, GREEDY)
     intervention = build_intervention({"name": iv, "alpha": 0})
@@ -296,7 +300,8 @@ def test_vcd_noise_per_row_is_batch_independent(tiny_adapters, coco_images):
 
 # ---- batching, sampling, integration -------------------------------------------------------------------------------
 @pytest.mark.parametrize("name,iv", [("tiny_llava", "damro"), ("tiny_llava_next", "damro"),
-                                     ("tiny_llava_next", "vcd"), ("tiny_instructblip", "damro")])
+                                     ("tiny_llava_next", "vcd"), ("tiny_instructblip", "damro"),
+                                     ("tiny_llava_onevision", "vcd")])
 def test_batched_equals_unbatched(tiny_adapters, coco_images, name, iv):
     a = tiny_adapters[name]
     intervention = build_intervention({"name": iv, "alpha": 1.0, "topk": 4} if iv == "damro" else {"name": iv})

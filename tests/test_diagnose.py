@@ -83,6 +83,8 @@ def test_teacher_forced_trace_matches_generated(tiny_adapters, coco_images, trac
     ("tiny_llava_next", {"base": (4, 4), "tiles": (6, 8)}, {"base": (4, 4), "tiles": (6, 8)}),
     ("tiny_instructblip", {"queries": (1, 8), "patches": (4, 4)}, {"patches": (4, 4)}),
     ("tiny_blip2", {"queries": (1, 8), "patches": (4, 4)}, {"patches": (4, 4)}),
+    # 2x2 tiles, unpadded to 6x8 cells, shrunk by anyres_max to 4x6 tokens
+    ("tiny_llava_onevision", {"base": (4, 4), "tiles": (4, 6)}, {"base": (4, 4), "tiles": (4, 6)}),
 ])
 def test_relevancy_shapes_and_non_negative(traces, name, views, patch_views):
     tr = traces[name]

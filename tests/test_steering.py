@@ -111,14 +111,15 @@ def test_mask_patches_fills_chosen_patches_with_the_channel_mean():
 
 # ---- building --------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", list(FAMILIES))
-def test_vti_shapes_and_sidecar(name, tiny_adapters, vti_vectors):
+def test_vti_shapes_and_sidecar(name, tiny_adapters, vti_vectors, coco_images):
     adapter = tiny_adapters[name]
     stem, side = vti_vectors[name]
     tensors, sidecar = load_steering(stem)
     n_vis = len(adapter.site("vision_layers"))
     assert set(tensors) == {f"text.{l}" for l in range(adapter.num_layers)} | {f"vision.{l}" for l in range(n_vis)}
     assert all(tensors[f"text.{l}"].shape == (64,) for l in range(adapter.num_layers))
-    assert all(tensors[f"vision.{l}"].shape == (17, 32) for l in range(n_vis))  # 4x4 patches + CLS
+    shape = _vision_block_shape(adapter, coco_images)  # 4x4 patches, plus CLS where the encoder has one
+    assert shape in ((17, 32), (16, 32)) and all(tensors[f"vision.{l}"].shape == shape for l in range(n_vis))
     assert sidecar == side
     assert sidecar["method"] == "vti" and sidecar["model"]["name"] == name
     assert sidecar["model"]["family"] == FAMILIES[name] and sidecar["model"]["tiny"] == name
@@ -220,6 +221,11 @@ def _block_out(adapter, batch, site, layer, intervention=None):
     return got["h"]
 
 
+def _vision_block_shape(adapter, coco_images) -> tuple[int, int]:
+    """(positions, hidden) of one crop's first vision-block output, measured on a forward pass."""
+    return tuple(_block_out(adapter, adapter.prepare(coco_images[:1], ["x"]), "vision_layers", 0).shape[-2:])
+
+
 @pytest.mark.parametrize("name", list(FAMILIES))
 def test_steered_block_output_is_baseline_plus_lam_direction(name, tiny_adapters, random_vectors, coco_images):
     adapter = tiny_adapters[name]
@@ -241,7 +247,7 @@ def test_steered_block_output_is_baseline_plus_lam_direction(name, tiny_adapters
     vision = _steer(stem, lam=0.0, lam_vision=-1.5, vision_layers=[0])
     vision.setup(adapter)
     diff = _block_out(adapter, batch, "vision_layers", 0, vision) - _block_out(adapter, batch, "vision_layers", 0)
-    assert diff.shape[-2:] == (17, 32)  # every image (every AnyRes tile) gets the per-position shift
+    assert diff.shape[-2:] == _vision_block_shape(adapter, coco_images)  # per position, every image / AnyRes tile
     assert torch.allclose(diff, (-1.5 * tensors["vision.0"]).expand_as(diff), atol=1e-5)
 
 

@@ -109,11 +109,19 @@ def answer_relevancy(adapter: VLMAdapter, cap: Captured, logits: torch.Tensor, a
 
 
 def _anyres_vision_relevancy(g: dict, r_img: torch.Tensor, R_ii: torch.Tensor) -> dict:
-    """LLaVA-NeXT: push base-crop and tile-token relevancy through each crop's encoder rollout."""
+    """AnyRes (LLaVA-NeXT, LLaVA-OneVision): push base-crop and tile-token relevancy through each crop's encoder
+    rollout. ``vit_offset`` skips the encoder's CLS row and column (1; 0 for encoders without one); a tile grid
+    shrunk by the model (OneVision's anyres_max) first spreads each token's relevancy over the unpadded cells
+    it was interpolated from (the adjoint of the bilinear resize), and the patch relevancy is shown at the
+    token grid again (the same resize)."""
     h, w, nph, npw, rows, cols = g["h"], g["w"], g["nph"], g["npw"], g["rows"], g["cols"]
-    base = (r_img[:h * w] @ R_ii[0][1:, 1:]).reshape(h, w)
+    off = int(g.get("vit_offset", 1))
+    base = (r_img[:h * w] @ R_ii[0][off:, off:]).reshape(h, w)
     tiles = r_img[h * w:].reshape(rows, cols + 1)[:, :cols]
     un = g["unpad"].to(r_img.device)
+    shrunk = tuple(un.shape) != (rows, cols)
+    if shrunk:
+        tiles = _bilinear_adjoint(tiles, tuple(un.shape))
     padded = torch.zeros(nph * h * npw * w, device=r_img.device)
     padded[un.flatten()] = tiles.flatten()
     padded = padded.view(nph, h, npw, w)
@@ -123,6 +131,18 @@ def _anyres_vision_relevancy(g: dict, r_img: torch.Tensor, R_ii: torch.Tensor) -
             crop = 1 + i * npw + j
             if crop >= R_ii.shape[0]:
                 continue
-            out[i, :, j, :] = (padded[i, :, j, :].reshape(-1) @ R_ii[crop][1:, 1:]).view(h, w)
-    tiles_out = out.reshape(-1)[un.flatten()].view(rows, cols)
+            out[i, :, j, :] = (padded[i, :, j, :].reshape(-1) @ R_ii[crop][off:, off:]).view(h, w)
+    tiles_out = out.reshape(-1)[un.flatten()].view(un.shape)
+    if shrunk:
+        tiles_out = torch.nn.functional.interpolate(tiles_out[None, None], [rows, cols], mode="bilinear")[0, 0]
     return {"base": base.cpu(), "tiles": tiles_out.cpu()}
+
+
+def _bilinear_adjoint(values: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Wᵀ v for the bilinear resize W of a ``size`` grid to ``values``' grid: each resized cell's value spread
+    over the cells it was interpolated from, with their weights (totals are kept)."""
+    x = torch.zeros(1, 1, *size, device=values.device, requires_grad=True)
+    with torch.enable_grad():
+        y = torch.nn.functional.interpolate(x, list(values.shape), mode="bilinear")
+        (grad,) = torch.autograd.grad(y, x, grad_outputs=values.detach().float()[None, None])
+    return grad[0, 0]

@@ -205,9 +205,9 @@ def render_report(payload: dict) -> str:
     notes = {
         "grid": "LLaVA-1.5: the image tokens are the vision encoder's square patch grid over the processed "
                 "(center-cropped) image shown here.",
-        "anyres": "LLaVA-NeXT: the base crop (the whole image resized to one square crop) is shown over the "
-                  "processed base crop; the AnyRes tile tokens (unpadded, one newline token per row dropped) over "
-                  "the original image.",
+        "anyres": "AnyRes (LLaVA-NeXT, LLaVA-OneVision): the base crop (the whole image resized to one square "
+                  "crop) is shown over the processed base crop; the AnyRes tile tokens (unpadded, for OneVision "
+                  "shrunk when there are too many, one newline token per row dropped) over the original image.",
         "queries": "BLIP family: the image tokens are Q-Former query tokens, shown as one bar each; the "
                    "patch views push the per-query values back through the Q-Former (cross-attention for "
                    "attention maps, Q-Former relevancy for relevancy) onto the vision encoder's patches.",

@@ -8,7 +8,8 @@ Each model family computes its layout (`ModelFamily.span_geometry`); this module
   view ``base`` over the processed base crop; the remaining tokens are the AnyRes tiles, unpadded and
   with one ``image_newline`` token per row: view ``tiles`` (newline tokens dropped) over the original
   image (the unpadded tile grid covers it exactly). Vision-encoder relevancy is computed per crop and
-  reassembled the same way;
+  reassembled the same way. LLaVA-OneVision has the same layout (SigLIP: no CLS row in the encoder,
+  ``vit_offset`` 0), its tile grid bilinearly shrunk when too large (``rows`` x ``cols`` < ``unpad``'s shape);
 - BLIP-2 / InstructBLIP: the span holds the Q-Former's query tokens, which do not map to patches:
   view ``queries`` is a bar per query token; view ``patches`` pushes the per-query values through the
   Q-Former (attention: its cross-attention averaged over layers and heads; relevancy: the Q-Former

@@ -72,7 +72,7 @@ def load_model_info(cfg: Mapping[str, Any]) -> ModelInfo:
 def load_adapter(cfg: Mapping[str, Any]) -> VLMAdapter:
     """A VLMAdapter for a model config node (`configs/model/<name>.yaml`; a dict given in code starts from the
     YAML of its `tiny` or `name` choice)."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoModelForImageTextToText
 
     cfg = model_node(cfg)
     path = checkpoint_path(cfg)
@@ -92,8 +92,8 @@ def load_adapter(cfg: Mapping[str, Any]) -> VLMAdapter:
 
         model = PeftModel.from_pretrained(model, cfg["adapter"]).merge_and_unload()
     model.eval()
-    processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust, backend="pil")
     spec = model_family(cfg, model.config)
+    processor = spec.load_processor(path, trust)
     return VLMAdapter(model, processor, spec, name=cfg["name"], prompt_template=cfg["prompt_template"],
                       system_prompt=cfg["system_prompt"])
 

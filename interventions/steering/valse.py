@@ -13,11 +13,11 @@ Pipeline per pair (image I, question T, answer y = the pair's faithful caption, 
    largest LLR (optionally only those above `min_llr`).
 2. Visual contribution map of each kept token: gradient x attention relevancy over the image tokens,
    R[p] = sum over vision blocks of mean over heads and query rows of relu(dlog p(y_t)/dA * A)[:, p],
-   where A are the vision encoder's self-attention maps and p its patch tokens (CLS dropped). We take
-   the *vision encoder's* patch tokens because in the Q-Former families (BLIP-2, InstructBLIP) the
-   language model's image tokens are learned queries without a spatial layout; the gradient is that
-   of the language model's token log-probability, so the map still reflects what the answer uses.
-   (LLaVA-NeXT: one map per AnyRes tile.)
+   where A are the vision encoder's self-attention maps and p its patch tokens (CLS dropped where there is
+   one: CLIP, BLIP; SigLIP has none). We take the *vision encoder's* patch tokens because in the
+   Q-Former families (BLIP-2, InstructBLIP) the language model's image tokens are learned queries without
+   a spatial layout; the gradient is that of the language model's token log-probability, so the map still
+   reflects what the answer uses. (LLaVA-NeXT, LLaVA-OneVision: one map per AnyRes crop.)
 3. Vision-guided masking: positive image = the `mask_ratio` fraction of *lowest*-contribution
    patches masked (keeps the top), negative image = the same fraction of *highest*-contribution
    patches masked (drops the top); masked patches are filled with the image's channel mean.
@@ -104,13 +104,15 @@ def contribution_maps(adapter: Any, inputs: dict, positions: list[int], grid: tu
                 for a, g in zip(attn, grads):
                     if g is None:
                         continue  # a block the answer does not depend on (LLaVA's last vision block)
-                    r = torch.relu(g.float() * a.float()).mean(dim=(1, 2))[:, 1:]  # [views, patches]: heads, queries
+                    r = torch.relu(g.float() * a.float()).mean(dim=(1, 2))  # [views, tokens]: heads, queries
                     rel = r if rel is None else rel + r
                 if rel is None:
-                    rel = torch.zeros(attn[0].shape[0], attn[0].shape[-1] - 1)
-                if rel.shape[-1] != grid[0] * grid[1]:
-                    raise ValueError(f"vision encoder has {rel.shape[-1]} patch tokens, expected a "
-                                     f"{grid[0]}x{grid[1]} grid (plus CLS)")
+                    rel = torch.zeros(attn[0].shape[0], attn[0].shape[-1])
+                lead = rel.shape[-1] - grid[0] * grid[1]  # a CLS token before the patches (CLIP, BLIP); none (SigLIP)
+                if lead not in (0, 1):
+                    raise ValueError(f"vision encoder has {rel.shape[-1]} tokens, expected a "
+                                     f"{grid[0]}x{grid[1]} patch grid (plus CLS where it has one)")
+                rel = rel[:, lead:]
                 maps.append(rel.detach().cpu().reshape(-1, *grid))
     finally:
         for h in handles:

@@ -66,6 +66,12 @@ class ModelFamily:
         return f"<model family {self.name}>"
 
     # ---- prompts and inputs --------------------------------------------------------------------------
+    def load_processor(self, path: str, trust_remote_code: bool = False) -> Any:
+        """The checkpoint's processor (PIL image backend); a family overrides it when the auto class does not fit."""
+        from transformers import AutoProcessor
+
+        return AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code, backend="pil")
+
     def image_token_id(self, model: torch.nn.Module) -> int:
         """The id of the placeholder token whose positions receive image features."""
         cfg = model.config
