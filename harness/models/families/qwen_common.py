@@ -82,8 +82,13 @@ class QwenVLFamily(ModelFamily):
     }
     vision_keys = ("pixel_values", "image_grid_thw")
     row_keys = ("mm_token_type_ids",)
+    vision_attention = None  # the ViT's attention modules return no weights (block-diagonal over images)
     damro_unsupported = ("Qwen's vision transformer has no CLS token (its patches are merged 2x2 straight into the "
                          "language model), and DAMRO ranks patches by the CLS token's attention")
+    steering_vision_unsupported = (
+        "at dynamic resolution every image has its own patch grid and token count, so directions per patch "
+        "position (VTI) and relevancy-guided patch masks (VaLSe) are not defined, and the ViT's attention returns "
+        "no weights")
     #: transformers' processor class this family's image-only processor derives from
     processor_class: str = "Qwen2VLProcessor"
 
@@ -135,6 +140,17 @@ class QwenVLFamily(ModelFamily):
         return torch.cat([text[None], mrope.to(text.device)])
 
     # ---- diagnosis -----------------------------------------------------------------------------------
+    def model_view_pixels(self, adapter: Any, inputs: dict) -> torch.Tensor:
+        """The first image's resized pixels [C, H, W], reassembled from its flat patches (the inverse of the image
+        processor's `patchify`: rows are (h/m, w/m, m, m) patches of (C, T, P, P) values; frame 0 is kept)."""
+        ip = adapter.processor.image_processor
+        p, m, tp_ = int(ip.patch_size), int(ip.merge_size), int(ip.temporal_patch_size)
+        t, h, w = (int(x) for x in inputs["image_grid_thw"][0])
+        px = inputs["pixel_values"][: t * h * w].reshape(t, h // m, w // m, m, m, -1, tp_, p, p)
+        c = px.shape[5]
+        # (t, gh, gw, mh, mw, C, T, ph, pw) -> (C, gh, mh, ph, gw, mw, pw) of frame 0
+        return px[0, ..., 0, :, :].permute(4, 0, 2, 5, 1, 3, 6).reshape(c, h * p, w * p)
+
     def span_geometry(self, adapter: Any, inputs: dict, span_len: int) -> dict:
         """`patch_grid`: the span is the first image's merged-token grid, row-major (rows x cols = grid h, w / merge)
         over the resized image the model sees."""
