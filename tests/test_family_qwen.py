@@ -217,3 +217,51 @@ def test_end_to_end(tmp_path, name):
     assert len(both) == 30 and both != base
     with pytest.raises(ValueError, match=f"damro cannot run on model family '{name[5:]}': .*no CLS token"):
         _run(tmp_path, "damro", [*model, "intervention=damro"])
+
+
+# ---- detectors -----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", NAMES)
+def test_var_by_teacher_forcing_equals_var_while_generating(tiny_adapters, coco_images, name):
+    """Teacher forcing places prompt + answer at generate's M-RoPE positions (mm_token_type_ids rebuilt)."""
+    from harness.detect.var import answer_mask_from_ids, generate_with_var, teacher_forced_var
+
+    a = tiny_adapters[name]
+    batch = a.prepare(_mixed(coco_images)[:2], QUESTIONS[:2])  # two grids, left-padded
+    ids, gen_var = generate_with_var(a, batch, {"strategy": "greedy", "max_new_tokens": 6})
+    tf = teacher_forced_var(a, batch, ids, answer_mask_from_ids(ids, a.tokenizer))
+    assert tf.shape == (2, ids.shape[1], a.num_layers, 4) and torch.allclose(gen_var, tf, atol=1e-5)
+
+
+def test_warn_and_first_token_probe_run(tiny_adapters, coco_images, tmp_path):
+    import numpy as np
+
+    from benchmarks.base import DATA_DIR, Item
+    from harness.detect.mlp import MLP, VARDetector
+    from harness.detect.probe import LinearProbe
+    from harness.runner import answer_batch
+
+    a = tiny_adapters["tiny_qwen3_vl"]
+    paths = sorted((DATA_DIR / "images").glob("*.jpg"))[:2]
+    items = [Item(f"cap/{i}", "Please describe this image in detail.", str(p), p.name, {"kind": "caption"})
+             for i, p in enumerate(paths)] + \
+            [Item(f"yn/{i}", "Is there a dog in the image?", str(p), p.name, {"kind": "yes_no", "label": "no"})
+             for i, p in enumerate(paths)]
+    images = coco_images[:2] * 2
+    decoding = {"strategy": "greedy", "max_new_tokens": 8}
+
+    def answer(cfg):
+        iv = build_intervention(cfg)
+        iv.setup(a)
+        return answer_batch(a, iv, items, images, decoding, {"hash": "t"}, seed=0)
+
+    base = answer({"name": "none"})
+    torch.manual_seed(0)
+    VARDetector(MLP(8, 16), (1, 2), 4).save(tmp_path / "det")
+    warned = answer({"name": "warn", "detector": str(tmp_path / "det.safetensors"), "threshold": 0.5})
+    assert [r["answer"] for r in warned] == [r["answer"] for r in base]
+    assert all(r["intervention_info"]["var_source"] == "generation" for r in warned)
+    LinearProbe(np.random.default_rng(0).normal(size=a.site("lm_head").out_features), 0.0, {}).save(
+        tmp_path / "probe.json")
+    probed = answer({"name": "first_token_probe", "probe": str(tmp_path / "probe.json")})
+    assert [r["answer"] for r in probed[:2]] == [r["answer"] for r in base[:2]]  # captions untouched
+    assert {r["answer"] for r in probed[2:]} <= {"Yes", "No"}
