@@ -29,8 +29,10 @@ def vti_vectors(tiny_adapters, tmp_path_factory):
     root = tmp_path_factory.mktemp("steer")
     out = {}
     for name, adapter in tiny_adapters.items():
-        _, _, side = build_from_config(_model_cfg(name), {**SMALL, "method": "vti", "out": str(root / name)},
-                                       adapter=adapter)
+        # families without per-position visual directions (dynamic resolution) build text directions only
+        vti = {**SMALL["vti"], "vision": not adapter.spec.steering_vision_unsupported}
+        _, _, side = build_from_config(_model_cfg(name), {**SMALL, "vti": vti, "method": "vti",
+                                                          "out": str(root / name)}, adapter=adapter)
         out[name] = (root / name, side)
     return out
 
@@ -116,6 +118,12 @@ def test_vti_shapes_and_sidecar(name, tiny_adapters, vti_vectors, coco_images):
     stem, side = vti_vectors[name]
     tensors, sidecar = load_steering(stem)
     n_vis = len(adapter.site("vision_layers"))
+    if adapter.spec.steering_vision_unsupported:  # text directions only, and vision ones refused with the reason
+        assert set(tensors) == {f"text.{l}" for l in range(adapter.num_layers)} and sidecar["layers"]["vision"] == []
+        assert float(tensors["text.3"].norm()) > 0 and sidecar["counts"]["text_rows"] == 3
+        with pytest.raises(ValueError, match="steering.vti.vision: .*cannot be built .*patch grid"):
+            build_from_config(_model_cfg(name), {**SMALL, "method": "vti", "out": str(stem) + "_v"}, adapter=adapter)
+        return
     assert set(tensors) == {f"text.{l}" for l in range(adapter.num_layers)} | {f"vision.{l}" for l in range(n_vis)}
     assert all(tensors[f"text.{l}"].shape == (64,) for l in range(adapter.num_layers))
     shape = _vision_block_shape(adapter, coco_images)  # 4x4 patches, plus CLS where the encoder has one
@@ -136,6 +144,11 @@ def test_vti_shapes_and_sidecar(name, tiny_adapters, vti_vectors, coco_images):
 @pytest.mark.parametrize("name", list(FAMILIES))
 def test_valse_builds_text_directions(name, tiny_adapters, tmp_path):
     adapter = tiny_adapters[name]
+    if adapter.spec.steering_vision_unsupported:  # VaLSe's text directions come from patch masks
+        with pytest.raises(ValueError, match=f"steering.method=valse cannot run on model family {adapter.family!r}"):
+            build_from_config(_model_cfg(name), {**SMALL, "method": "valse", "out": str(tmp_path / "v")},
+                              adapter=adapter)
+        return
     _, _, side = build_from_config(_model_cfg(name), {**SMALL, "method": "valse", "out": str(tmp_path / "v")},
                                    adapter=adapter)
     tensors, _ = load_steering(tmp_path / "v.safetensors")
@@ -245,6 +258,10 @@ def test_steered_block_output_is_baseline_plus_lam_direction(name, tiny_adapters
     assert torch.equal(diff[:, :-1], torch.zeros_like(diff[:, :-1]))
 
     vision = _steer(stem, lam=0.0, lam_vision=-1.5, vision_layers=[0])
+    if adapter.spec.steering_vision_unsupported:  # its vectors hold no vision directions: a clear error
+        with pytest.raises(KeyError, match=r"vision layers \[0\] are not in .*it has vision layers none"):
+            vision.setup(adapter)
+        return
     vision.setup(adapter)
     diff = _block_out(adapter, batch, "vision_layers", 0, vision) - _block_out(adapter, batch, "vision_layers", 0)
     assert diff.shape[-2:] == _vision_block_shape(adapter, coco_images)  # per position, every image / AnyRes tile

@@ -19,10 +19,11 @@ def _answer_inputs(adapter: Any, batch: Any, answer_ids: torch.Tensor, answer_ma
     ids = torch.cat([inputs["input_ids"], answer_ids.to(dev)], dim=1)
     mask = torch.cat([inputs["attention_mask"], answer_mask.to(dev, inputs["attention_mask"].dtype)], dim=1)
     inputs["input_ids"], inputs["attention_mask"] = ids, mask
+    spec = adapter.spec
+    inputs.update(spec.row_kwargs(adapter, ids))  # token-aligned inputs (Qwen's mm_token_type_ids)
     if "position_ids" in inspect.signature(adapter.model.forward).parameters:
-        pos = mask.long().cumsum(-1) - 1  # GenerationMixin.prepare_inputs_for_generation's rule
-        pos.masked_fill_(mask == 0, 1)
-        inputs["position_ids"] = pos
+        # as generate computes them: cumsum - 1 (padding 0), or the family's M-RoPE positions
+        inputs["position_ids"] = spec.position_ids(adapter, ids, mask, spec.image_kwargs(inputs))
     return inputs
 
 

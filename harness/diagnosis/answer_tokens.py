@@ -62,8 +62,9 @@ def generate_answer_ids(adapter: VLMAdapter, batch: Any, max_new_tokens: int) ->
     return out
 
 
-def forced_inputs(batch: Any, answer_ids: Sequence[int]) -> dict:
-    """The batch's model inputs with ``answer_ids`` appended to ``input_ids`` / ``attention_mask`` (one row)."""
+def forced_inputs(batch: Any, answer_ids: Sequence[int], adapter: Any = None) -> dict:
+    """The batch's model inputs with ``answer_ids`` appended to ``input_ids`` / ``attention_mask`` (one row);
+    with ``adapter``, the family's token-aligned inputs (e.g. Qwen's ``mm_token_type_ids``) are rebuilt too."""
     inputs = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in batch.inputs.items()}
     ids = inputs["input_ids"]
     if ids.shape[0] != 1:
@@ -73,4 +74,6 @@ def forced_inputs(batch: Any, answer_ids: Sequence[int]) -> dict:
     if "attention_mask" in inputs:
         mask = inputs["attention_mask"]
         inputs["attention_mask"] = torch.cat([mask, torch.ones_like(extra, dtype=mask.dtype)], dim=1)
+    if adapter is not None:
+        inputs.update(adapter.spec.row_kwargs(adapter, inputs["input_ids"]))
     return inputs

@@ -13,7 +13,7 @@ import torch
 
 from harness.models.adapter import VLMAdapter
 
-VISION_ATTENTION = "self_attn"  # the attention module inside a CLIP / BLIP vision encoder layer
+VISION_ATTENTION = "self_attn"  # the attention module inside a CLIP / BLIP vision encoder layer (the family default)
 
 
 @dataclass
@@ -58,10 +58,10 @@ def capture_hooks(adapter: VLMAdapter, cap: Captured, vision: bool = True) -> di
         hooks[f"{dec}.{i}"] = _hidden_hook(cap.hidden)
     if not vision:
         return hooks
-    vpath = adapter.sites.get("vision_layers")
-    if vpath:
+    vpath, vattn = adapter.sites.get("vision_layers"), adapter.spec.vision_attention
+    if vpath and vattn:  # None: the family's vision attention returns no weights
         for i in range(len(adapter.site("vision_layers"))):
-            p = f"{vpath}.{i}.{VISION_ATTENTION}"
+            p = f"{vpath}.{i}.{vattn}"
             hooks[p] = _attn_hook(cap.vision, p)
     qpath = adapter.sites.get("qformer")
     if qpath:

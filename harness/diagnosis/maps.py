@@ -103,14 +103,12 @@ def attention_map(trace: Trace, layers: Any = None) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------ images
-def model_view_image(adapter: VLMAdapter, pixel_values: torch.Tensor):
-    """The processed image as the model sees it (base crop for LLaVA-NeXT), de-normalised to a PIL image."""
+def model_view_image(adapter: VLMAdapter, inputs: dict):
+    """The processed image as the model sees it (the family's `model_view_pixels`), de-normalised to a PIL image."""
     import numpy as np
     from PIL import Image
 
-    px = pixel_values[0]
-    if px.dim() == 4:
-        px = px[0]
+    px = adapter.spec.model_view_pixels(adapter, inputs)
     ip = getattr(adapter.processor, "image_processor", None)
     mean = torch.tensor(getattr(ip, "image_mean", None) or [0.0, 0.0, 0.0]).view(3, 1, 1)
     std = torch.tensor(getattr(ip, "image_std", None) or [1.0, 1.0, 1.0]).view(3, 1, 1)
@@ -138,7 +136,7 @@ def trace_answer(adapter: VLMAdapter, image: Any, question: str, answer: str | N
     if not answer_ids:
         raise ValueError("the answer has no tokens to diagnose")
     prompt_len = batch.inputs["input_ids"].shape[1]
-    inputs = forced_inputs(batch, answer_ids)
+    inputs = forced_inputs(batch, answer_ids, adapter)
     span = adapter.image_spans(inputs["input_ids"])[0]
     if span[1] <= span[0]:
         raise ValueError("no image tokens in the prompt")
@@ -173,7 +171,7 @@ def trace_answer(adapter: VLMAdapter, image: Any, question: str, answer: str | N
     views = span_views(geometry)
     if geometry["kind"] == "queries" and qmap is None:
         views = [v for v in views if v.name != "patches"]
-    images = {"model": model_view_image(adapter, inputs["pixel_values"]), "original": image}
+    images = {"model": model_view_image(adapter, inputs), "original": image}
     del cap, out, logits
     return Trace(model=adapter.name, family=adapter.family, question=question, prompt=batch.prompts[0],
                  answer=text, token_ids=answer_ids, token_texts=pieces, token_offsets=offsets, span=span,

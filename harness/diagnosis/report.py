@@ -211,6 +211,8 @@ def render_report(payload: dict) -> str:
         "queries": "BLIP family: the image tokens are Q-Former query tokens, shown as one bar each; the "
                    "patch views push the per-query values back through the Q-Former (cross-attention for "
                    "attention maps, Q-Former relevancy for relevancy) onto the vision encoder's patches.",
+        "patch_grid": "Qwen-VL (dynamic resolution): the image tokens are the merged-patch grid (each token 2x2 "
+                      "vision-encoder patches) over the resized image shown here.",
         "tokens": "The image tokens could not be mapped to an image grid for this model; one bar per token.",
     }
     return PAGE.substitute(

@@ -13,7 +13,10 @@ Each model family computes its layout (`ModelFamily.span_geometry`); this module
 - BLIP-2 / InstructBLIP: the span holds the Q-Former's query tokens, which do not map to patches:
   view ``queries`` is a bar per query token; view ``patches`` pushes the per-query values through the
   Q-Former (attention: its cross-attention averaged over layers and heads; relevancy: the Q-Former
-  relevancy) onto the vision encoder's patch grid over the processed image.
+  relevancy) onto the vision encoder's patch grid over the processed image;
+- Qwen-VL (dynamic resolution): the span is the merged-token grid (``rows`` x ``cols`` = the patch grid
+  over the merge size, each token 2x2 patches), row-major: view ``patches`` over the resized image the model
+  sees. Its ViT's attention returns no weights, so there is no vision-side relevancy.
 """
 from __future__ import annotations
 
@@ -50,6 +53,9 @@ def span_views(geometry: dict) -> list[View]:
         h, w = geometry["h"], geometry["w"]
         return [View("base", h, w, "model", "base crop (whole image, resized)"),
                 View("tiles", geometry["rows"], geometry["cols"], "original", "AnyRes tiles (unpadded)")]
+    if kind == "patch_grid":
+        return [View("patches", geometry["rows"], geometry["cols"], "model",
+                     "merged patches (each token 2x2 ViT patches) over the resized image")]
     if kind == "queries":
         s = geometry["side"]
         return [View("queries", 1, geometry["n"], None, "Q-Former query tokens"),
@@ -72,6 +78,8 @@ def to_views(geometry: dict, values: torch.Tensor, qformer_map: torch.Tensor | N
         base = values[..., :h * w].reshape(*lead, h, w)
         tiles = values[..., h * w:].reshape(*lead, rows, cols + 1)[..., :cols]
         return {"base": base, "tiles": tiles}
+    if kind == "patch_grid":
+        return {"patches": values.reshape(*lead, geometry["rows"], geometry["cols"])}
     if kind == "queries":
         out = {"queries": values.reshape(*lead, 1, geometry["n"])}
         if qformer_map is not None:

@@ -146,6 +146,9 @@ def build_valse(adapter: Any, pairs: list, num_tokens: int = 3, mask_ratio: floa
                 min_llr: float | None = None, seed: int = 0, combine: str = "svd",
                 scale: str = "projection") -> tuple[dict, dict]:
     """VaLSe-style text directions ({'text.<l>': [D]}, info for the sidecar)."""
+    if adapter.spec.steering_vision_unsupported:
+        raise ValueError(f"steering.method=valse cannot run on model family {adapter.family!r}: "
+                         f"{adapter.spec.steering_vision_unsupported}")
     if int(num_tokens) < 1:
         raise ValueError(f"steering.valse.num_tokens={num_tokens} must be >= 1")
     if combine not in COMBINES:

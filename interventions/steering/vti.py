@@ -154,6 +154,10 @@ def build_vti(adapter: Any, pairs: list, num_masks: int = 50, mask_ratio: float 
     """VTI directions: ({'text.<l>': [D], 'vision.<l>': [P, Dv]}, info for the sidecar)."""
     if not (text or vision):
         raise ValueError("steering.vti: text and vision are both false; nothing to build")
+    reason = adapter.spec.steering_vision_unsupported
+    if vision and reason:
+        raise ValueError(f"steering.vti.vision: VTI's visual directions cannot be built for model family "
+                         f"{adapter.family!r}: {reason}; build the text directions only with steering.vti.vision=false")
     if int(num_masks) < 1:
         raise ValueError(f"steering.vti.num_masks={num_masks} must be >= 1")
     check_choice("steering.combine", combine, VTI_COMBINES)

@@ -46,6 +46,12 @@ class ModelFamily:
     rows_separately: bool = False
     #: why DAMRO cannot run on this family (None: it can)
     damro_unsupported: str | None = None
+    #: why vision-side steering directions (VTI's per-patch-position ones, VaLSe's patch masks) do not apply
+    #: to this family (None: they do)
+    steering_vision_unsupported: str | None = None
+    #: the attention module inside a vision block whose output carries its weights (diagnosis reads them);
+    #: None: the encoder's attention returns no weights (vision-side relevancy is then not computed)
+    vision_attention: str | None = "self_attn"
 
     # ---- identity and tiny model ----------------------------------------------------------------------
     @property
@@ -181,6 +187,11 @@ class ModelFamily:
         raise NotImplementedError
 
     # ---- diagnosis -----------------------------------------------------------------------------------
+    def model_view_pixels(self, adapter: Any, inputs: dict) -> torch.Tensor:
+        """The first image's normalised pixels [C, H, W] as the model sees them (LLaVA-NeXT: the base crop)."""
+        px = inputs["pixel_values"][0]
+        return px[0] if px.dim() == 4 else px
+
     def span_geometry(self, adapter: Any, inputs: dict, span_len: int) -> dict:
         """How an image span of `span_len` tokens maps back to the image (see harness.diagnosis.span_geometry)."""
         return {"kind": "tokens", "n": span_len}
