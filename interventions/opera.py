@@ -112,11 +112,13 @@ class _Lane:
         self.beams = BeamState(adapter.model, prompt_ids, **beam_kw)
         cache.batch_repeat_interleave(n)
         self.cache, self.logits = cache, logits.repeat_interleave(n, 0)
+        self.logits0 = self.logits  # the prompt's next-token logits (a rollback to step 0)
         self.mask = mask.repeat_interleave(n, 0)
         self.pos0 = pos[..., -1:].repeat_interleave(n, dim=-2)  # position of the last prompt token
         self.img = img.repeat_interleave(n, 0).float()
         self.P = prompt_ids.shape[1]
         self.history = self.logits.new_zeros(self.logits.shape[0], 0, 0)
+        self.rollbacks: list[tuple[int, int, int]] = []  # (step, position, restored step) of each rollback
 
     def forward(self, ids: torch.Tensor, pos: torch.Tensor, n_cand: int = 0):
         """The language model on `ids` [R, q] after the cache; (logits [R, q', V] float32, rows [R, q, k])."""
@@ -175,6 +177,10 @@ class _Lane:
     def rebuild(self, k: int) -> None:
         """Recompute cache, logits and history for the (restored) beams' first k response tokens."""
         _slice_cache(self.cache, None, self.P)
+        if k == 0:
+            self.mask = self.mask[:, :self.P]
+            self.logits, self.history = self.logits0, self.logits0.new_zeros(self.logits0.shape[0], 0, 0)
+            return
         seq = self.beams.running_sequences[:, :, self.P:self.P + k].reshape(-1, k)
         self.mask = torch.cat([self.mask[:, :self.P], self.mask.new_ones(self.mask.shape[0], k)], dim=1)
         ar = torch.arange(1, k + 1, device=self.pos0.device)
@@ -204,8 +210,8 @@ class _Lane:
             if k is None:
                 lp = self.step_scores(tok, scores)
             else:
-                pos = k["pos"]
-                k = k["k"]
+                pos, k = k["pos"], k["k"]
+                self.rollbacks.append((t, pos, k))
                 choice = states[k]["choice"]
                 beams.restore(states[k]["beams"])
                 for s in [s for s in states if s > k]:
@@ -248,14 +254,15 @@ class _Lane:
         if (t + 1) - pos > w + 1:
             pos = max(1, t + 1 - w - 1)
         k = min(pos, t - 1)  # the reference restores history_states[-2] after popping to pos + 2 states
-        if k < 1 or k not in states or "choice" not in states[k]:
+        if k < 0 or k not in states or "choice" not in states[k]:
             return None
         return {"pos": pos, "k": k}
 
 
 def opera_generate(adapter: Any, batch: Any, decoding: dict, logits_processors: Sequence | None,
-                   params: dict, **extra: Any) -> torch.Tensor:
-    """New token ids [B, new] (pad after the end) of OPERA beam search over a prepared batch."""
+                   params: dict, trace: list | None = None, **extra: Any) -> torch.Tensor:
+    """New token ids [B, new] (pad after the end) of OPERA beam search over a prepared batch; `trace` (a list)
+    receives each item's rollbacks [(step, position, restored step), ...]."""
     from harness.config import decoding_node
 
     d = decoding_node(decoding)
@@ -292,6 +299,8 @@ def opera_generate(adapter: Any, batch: Any, decoding: dict, logits_processors: 
             lane = _Lane(adapter, params, reader, procs, beam_kw, cache, logits[r], mask[r],
                          pos.index_select(-2, r), img[r], ids[r])
             results.extend(lane.run().unbind(0))
+            if trace is not None:
+                trace.extend([lane.rollbacks] * len(rows) if len(rows) == 1 else [[] for _ in rows])
     width = max((x.shape[0] for x in results), default=0)
     return torch.stack([torch.cat([x, x.new_full((width - x.shape[0],), pad)]) for x in results])
 
