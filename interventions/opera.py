@@ -118,7 +118,7 @@ class _Lane:
         self.img = img.repeat_interleave(n, 0).float()
         self.P = prompt_ids.shape[1]
         self.history = self.logits.new_zeros(self.logits.shape[0], 0, 0)
-        self.rollbacks: list[tuple[int, int, int]] = []  # (step, position, restored step) of each rollback
+        self.rollbacks: list[dict] = []  # one dict per rollback (see opera_generate)
 
     def forward(self, ids: torch.Tensor, pos: torch.Tensor, n_cand: int = 0):
         """The language model on `ids` [R, q] after the cache; (logits [R, q', V] float32, rows [R, q, k])."""
@@ -211,7 +211,7 @@ class _Lane:
                 lp = self.step_scores(tok, scores)
             else:
                 pos, k = k["pos"], k["k"]
-                self.rollbacks.append((t, pos, k))
+                self.rollbacks.append({"step": t, "position": pos, "restored": k})
                 choice = states[k]["choice"]
                 beams.restore(states[k]["beams"])
                 for s in [s for s in states if s > k]:
@@ -225,10 +225,13 @@ class _Lane:
                 rejects.pop(pos + 1, None)
                 shifted = shifted.view(1, -1).scatter(-1, rejects[pos][None], -999.0).view(n, v)
                 lp, cand, t = torch.log_softmax(shifted, dim=-1), None, k
+                self.rollbacks[-1]["rejected"] = [(int(x) // v, int(x) % v) for x in rejects[pos]]
             lp = self.procs(beams.flat_sequences, lp)
             beam_idx, tokens, going = beams.advance(lp)
             if roll:
                 states[t]["choice"] = (beam_idx, tokens)
+                if cand is None:
+                    self.rollbacks[-1]["chosen"] = list(zip((beam_idx % n).tolist(), tokens.tolist()))
             if not going:
                 return beams.finalize()
             self.feed(beam_idx, tokens, t, cand)
@@ -259,10 +262,9 @@ class _Lane:
         return {"pos": pos, "k": k}
 
 
-def opera_generate(adapter: Any, batch: Any, decoding: dict, logits_processors: Sequence | None,
-                   params: dict, trace: list | None = None, **extra: Any) -> torch.Tensor:
-    """New token ids [B, new] (pad after the end) of OPERA beam search over a prepared batch; `trace` (a list)
-    receives each item's rollbacks [(step, position, restored step), ...]."""
+def lanes(adapter: Any, batch: Any, decoding: dict, logits_processors: Sequence | None, params: dict,
+          **extra: Any) -> Iterator[tuple[list[int], "_Lane"]]:
+    """(item rows, lane) of a prepared batch after one prefill: one lane for the batch, one per item with rollback."""
     from harness.config import decoding_node
 
     d = decoding_node(decoding)
@@ -271,36 +273,42 @@ def opera_generate(adapter: Any, batch: Any, decoding: dict, logits_processors: 
     if d["strategy"] == "sample" or kw.get("do_sample"):
         raise NotImplementedError("opera is beam search: use decoding.strategy beam (or greedy = 1 beam), not sample")
     gc = adapter.spec.language_model(adapter).generation_config
-    pad = int(kw["pad_token_id"])
+    lp = kw.get("length_penalty", gc.length_penalty)
     beam_kw = {"num_beams": int(kw.get("num_beams") or 1), "max_new_tokens": int(kw["max_new_tokens"]),
-               "eos_ids": _eos_ids(adapter, kw.get("eos_token_id")), "pad_id": pad,
-               "length_penalty": float(kw.get("length_penalty", gc.length_penalty if gc.length_penalty is not None
-                                              else 1.0)),
+               "eos_ids": _eos_ids(adapter, kw.get("eos_token_id")), "pad_id": int(kw["pad_token_id"]),
+               "length_penalty": float(lp if lp is not None else 1.0),
                "early_stopping": gc.early_stopping if gc.early_stopping is not None else False}
-    spec = adapter.spec
-    reader = _Reader(adapter)
+    spec, reader = adapter.spec, _Reader(adapter)
+    view = batch_view(adapter, batch.inputs)
+    ids, mask = view.input_ids, view.attention_mask
+    procs = build_processors(kw, ids.shape[1], beam_kw["eos_ids"], logits_processors or [], False, False)
+    pos = spec.position_ids(adapter, ids, mask, view.image_kwargs)
+    out = spec.prefill(adapter, ids, mask, pos, view.encoding, view.image_kwargs)
+    _check_cache(adapter, out.cache)
+    img = adapter.image_token_mask(ids)
+    logits = out.logits[:, -1].float()
+    groups = [[i] for i in range(ids.shape[0])] if params["rollback"] else [list(range(ids.shape[0]))]
+    for rows in groups:
+        r = torch.tensor(rows, device=ids.device)
+        cache = out.cache
+        if len(groups) > 1:
+            cache = copy.deepcopy(out.cache)
+            _slice_cache(cache, r, ids.shape[1])
+        yield rows, _Lane(adapter, params, reader, procs, beam_kw, cache, logits[r], mask[r],
+                          pos.index_select(-2, r), img[r], ids[r])
+
+
+def opera_generate(adapter: Any, batch: Any, decoding: dict, logits_processors: Sequence | None,
+                   params: dict, trace: list | None = None, **extra: Any) -> torch.Tensor:
+    """New token ids [B, new] (pad after the end) of OPERA beam search over a prepared batch; `trace` (a list)
+    receives each item's rollbacks (dicts: step, position, restored step, rejected and chosen (beam, token))."""
+    pad = int(generation_kwargs(decoding, adapter.tokenizer)["pad_token_id"])
+    results = []
     with torch.inference_mode():
-        view = batch_view(adapter, batch.inputs)
-        ids, mask = view.input_ids, view.attention_mask
-        procs = build_processors(kw, ids.shape[1], beam_kw["eos_ids"], logits_processors or [], False, False)
-        pos = spec.position_ids(adapter, ids, mask, view.image_kwargs)
-        out = spec.prefill(adapter, ids, mask, pos, view.encoding, view.image_kwargs)
-        _check_cache(adapter, out.cache)
-        img = adapter.image_token_mask(ids)
-        logits = out.logits[:, -1].float()
-        groups = [[i] for i in range(ids.shape[0])] if params["rollback"] else [list(range(ids.shape[0]))]
-        results = []
-        for rows in groups:
-            r = torch.tensor(rows, device=ids.device)
-            cache = out.cache
-            if len(groups) > 1:
-                cache = copy.deepcopy(out.cache)
-                _slice_cache(cache, r, ids.shape[1])
-            lane = _Lane(adapter, params, reader, procs, beam_kw, cache, logits[r], mask[r],
-                         pos.index_select(-2, r), img[r], ids[r])
+        for rows, lane in lanes(adapter, batch, decoding, logits_processors, params, **extra):
             results.extend(lane.run().unbind(0))
             if trace is not None:
-                trace.extend([lane.rollbacks] * len(rows) if len(rows) == 1 else [[] for _ in rows])
+                trace.extend([lane.rollbacks] if len(rows) == 1 else [[] for _ in rows])
     width = max((x.shape[0] for x in results), default=0)
     return torch.stack([torch.cat([x, x.new_full((width - x.shape[0],), pad)]) for x in results])
 
