@@ -1,0 +1,157 @@
+"""OPERA beam search (interventions/opera.py, opera_math.py, beam.py) on the tiny models and by hand."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import TINY_MODELS
+
+from harness.config import typed_node
+from interventions import opera_math as om
+from interventions.base import build_intervention
+from interventions.opera import _check_cache, lanes, opera_generate
+
+torch.set_num_threads(1)
+
+QUESTIONS = ["Is there a dog in the image?", "Please describe this image in detail.",
+             "What is on the table?", "Is there a car?"]
+BEAM = {"strategy": "beam", "num_beams": 3, "max_new_tokens": 8}
+OFF = {"penalty_weights": 0.0, "rollback": False, "reference_candidate_softmax": False}
+ROLL = {"threshold": 2, "rollback_min_location": 0}  # rollbacks early in a short answer
+
+
+def _params(**over):
+    return dict(typed_node("intervention", {"name": "opera", **over}))
+
+
+def _trim(row: torch.Tensor, pad: int) -> list[int]:
+    out = row.tolist()
+    while out and out[-1] == pad:
+        out.pop()
+    return out
+
+
+# ---- off = plain beam search ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", TINY_MODELS)
+def test_off_equals_generate_beam_search(tiny_adapters, coco_images, name):
+    a = tiny_adapters[name]
+    b = a.prepare(coco_images[:3], QUESTIONS[:3])
+    iv = build_intervention({"name": "opera", **OFF})
+    iv.setup(a)
+    with iv.session(a, b) as plan:
+        ids = plan.generate_fn(b, BEAM, [])
+    assert torch.equal(ids, a.generate_ids(b, BEAM))
+
+
+# ---- the penalty math by hand -----------------------------------------------------------------------------------
+def test_column_scores_by_hand():
+    # two response tokens already fed, one candidate: the 3x3 local matrix
+    #   row0: [0.5]          row1: [0.2, 0.4]        candidate: [0.1, 0.3, 0.6]
+    history = torch.tensor([[[0.5, 0.0], [0.2, 0.4]]])
+    cand = torch.tensor([[[0.1, 0.3, 0.6]]])
+    scores, index = om.column_scores(history, cand, scale_factor=10.0, window_size=512, float16_scores=False)
+    expected = 1e-7 * torch.tensor([5.0 * 2.0 * 1.0, 4.0 * 3.0, 6.0])  # prod_{r>=j} 10 * M[r, j]
+    assert torch.allclose(scores[0, 0], expected)
+    assert index.tolist() == [0, 1, 2]
+    # a window of 2 keeps the last two columns only
+    scores2, index2 = om.column_scores(history, cand, 10.0, 2, False)
+    assert torch.allclose(scores2[0, 0], expected[1:]) and index2.tolist() == [1, 2]
+    # float16 rounding of the reference's buffer: a large product overflows to inf
+    big, _ = om.column_scores(history * 100, cand * 100, 1e3, 512, True)
+    assert torch.isinf(big[0, 0, 0])
+
+
+def test_penalty_switches_from_image_bonus_to_column_max():
+    history = torch.tensor([[[0.5, 0.0], [0.2, 0.4]]])
+    cand = torch.tensor([[[0.1, 0.3, 0.6], [0.9, 0.05, 0.05]]])
+    img = torch.tensor([[0.25, 0.5]])
+    pen, loc = om.penalty(history, cand, img, 10.0, 512, image_steps=3, float16_scores=False)
+    assert torch.equal(pen, -img)  # 3 response tokens with the candidate <= 3: minus the image attention
+    pen, loc = om.penalty(history, cand, img, 10.0, 512, image_steps=2, float16_scores=False)
+    assert torch.allclose(pen, 1e-7 * torch.tensor([[12.0, 90.0]]))  # [max(10, 12, 6), max(90, 2, .5)]
+    assert loc.tolist() == [[1, 0]]
+    assert om.beam_locations(torch.tensor([[2, 1, 2], [0, 1, 3]])).tolist() == [2, 0]
+    assert om.wants_rollback(torch.tensor([[[1, 1, 2], [1, 0, 1]]]), torch.tensor([1]), 1).tolist() == [True]
+    assert om.wants_rollback(torch.tensor([[[1, 1, 2], [1, 0, 0]]]), torch.tensor([1]), 1).tolist() == [False]
+
+
+def test_first_step_scores_equal_independent_forwards(tiny_adapters, coco_images):
+    """Step 0 on one item: candidate score = logit + w * (its last-layer attention to the image), from one plain
+    eager forward of prompt + candidate per candidate."""
+    a = tiny_adapters["tiny_llava"]
+    b = a.prepare(coco_images[:1], QUESTIONS[1:2])
+    p = _params(penalty_weights=2.0, rollback=False)
+    with torch.inference_mode():
+        (_, lane), = list(lanes(a, b, BEAM, [], p))
+        tok, scores, _, _, _ = lane.candidates(0)
+        ids = b.inputs["input_ids"]
+        img = a.image_token_mask(ids)[0]
+        for c in range(tok.shape[1]):
+            t = tok[0, c]
+            inputs = {**b.inputs, "input_ids": torch.cat([ids, t.view(1, 1)], 1),
+                      "attention_mask": torch.cat([b.inputs["attention_mask"], torch.ones_like(ids[:, :1])], 1)}
+            out = a.model(**inputs, output_attentions=True, return_dict=True)
+            first = a.model(**b.inputs, return_dict=True).logits[0, -1].float()
+            row = out.attentions[-1][0, :, -1].float().amax(0)
+            row = row / row.sum()
+            expected = first[t] + 2.0 * row[:-1][img].sum()
+            assert torch.allclose(scores[:, c], expected.expand(3), atol=1e-5)
+
+
+# ---- rollback ---------------------------------------------------------------------------------------------------
+def test_one_rollback_rejects_the_beams_it_undoes(tiny_adapters, coco_images):
+    a = tiny_adapters["tiny_llava"]
+    b = a.prepare(coco_images[:1], QUESTIONS[:1])
+    trace = []
+    p = _params(**ROLL, rollback_max_per_position=1)
+    opera_generate(a, b, BEAM, [], p, trace=trace)
+    rolls = trace[0]
+    assert rolls, "no rollback on this configuration"
+    first = rolls[0]
+    assert first["step"] >= p["threshold"]  # the location must be seen more than `threshold` times
+    assert len(first["rejected"]) == BEAM["num_beams"]  # the beams chosen at the restored step
+    assert not set(first["chosen"]) & set(first["rejected"])
+    positions = [r["position"] for r in rolls]
+    assert all(positions.count(x) <= 1 for x in positions)  # rollback_max_per_position
+
+
+def test_without_rollback_the_penalty_changes_nothing_at_weight_zero(tiny_adapters, coco_images):
+    a = tiny_adapters["tiny_llava"]
+    b = a.prepare(coco_images[:2], QUESTIONS[:2])
+    p0 = _params(**OFF)
+    p1 = _params(**{**OFF, "penalty_weights": 1e6})
+    assert torch.equal(opera_generate(a, b, BEAM, [], p0), a.generate_ids(b, BEAM))
+    assert not torch.equal(opera_generate(a, b, BEAM, [], p1), a.generate_ids(b, BEAM))
+
+
+# ---- batching ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name,over", [("tiny_llava", {"rollback": False}), ("tiny_llava", ROLL),
+                                       ("tiny_blip2", ROLL)])
+def test_batch4_equals_batch1(tiny_adapters, coco_images, name, over):
+    a = tiny_adapters[name]
+    p = _params(**over)
+    b = a.prepare(coco_images[:4], QUESTIONS)
+    ids = opera_generate(a, b, BEAM, [], p)
+    pad = a.tokenizer.pad_token_id
+    for i in range(4):
+        one = opera_generate(a, a.prepare(coco_images[i:i + 1], QUESTIONS[i:i + 1]), BEAM, [], p)
+        assert _trim(ids[i], pad) == _trim(one[0], pad)
+
+
+# ---- refusals ---------------------------------------------------------------------------------------------------
+def test_unsupported_cache_and_sampling_are_clear_errors(tiny_adapters, coco_images):
+    a = tiny_adapters["tiny_llava"]
+
+    class Sliding:
+        pass
+
+    class Cache:
+        layers = [Sliding()]
+
+    with pytest.raises(ValueError, match="opera cannot run on model family 'llava'"):
+        _check_cache(a, Cache())
+    b = a.prepare(coco_images[:1], QUESTIONS[:1])
+    with pytest.raises(NotImplementedError, match="beam search"):
+        opera_generate(a, b, {"strategy": "sample", "max_new_tokens": 4}, [], _params())
+    with pytest.raises(Exception, match="num_attn_candidates"):
+        build_intervention({"name": "opera", "num_attn_candidates": 0})
