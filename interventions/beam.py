@@ -7,6 +7,12 @@ helpers (`_get_top_k_continuations`, `_get_running_beams_for_next_iteration`, `_
 log-probabilities chooses exactly what `model.generate(num_beams=N, do_sample=False)` chooses. The engine owns
 the model calls and the KV cache: after each `advance` it reorders its cache rows by the returned `beam_idx`.
 The stopping criteria are `generate`'s defaults: the maximum length and the EOS ids.
+
+`prompt_lengths` (per item, [B]) switches the length normalization to transformers 4.29's `BeamSearchScorer`
+(what OPERA's patched `generate` used): a finished hypothesis scores `sum_logprobs / len ** length_penalty`
+with `len` the whole sequence before its EOS (prompt included; here the item's unpadded prompt, so batching
+does not change it), and the early-stop test divides the best running score by the current whole length.
+The default (None) is transformers 5's normalization over the generated tokens.
 """
 from __future__ import annotations
 
@@ -23,7 +29,7 @@ class BeamState:
 
     def __init__(self, model: Any, prompt_ids: torch.Tensor, num_beams: int, max_new_tokens: int,
                  eos_ids: Sequence[int], pad_id: int | None, length_penalty: float = 1.0,
-                 early_stopping: bool | str = False):
+                 early_stopping: bool | str = False, prompt_lengths: torch.Tensor | None = None):
         self.model = model
         b, p = prompt_ids.shape
         n = int(num_beams)
@@ -48,6 +54,9 @@ class BeamState:
         self.running_beam_indices = torch.full((b, n, self.max_length - p), -1, dtype=torch.int32, device=dev)
         self.beam_indices = self.running_beam_indices.clone()
         self.cur_len = p
+        # what `_update_finished_beams` / `_check_early_stop_heuristic` subtract from the length ([B, 1] tensor
+        # for the 4.29 whole-length normalization: the padding plus one, as the 4.29 length excludes the EOS)
+        self.norm_offset = p if prompt_lengths is None else (p - prompt_lengths.to(dev).view(b, 1) + 1)
 
     @property
     def flat_sequences(self) -> torch.Tensor:
@@ -87,7 +96,7 @@ class BeamState:
             topk_log_probs=topk_lp, beam_indices=self.beam_indices, topk_running_beam_indices=topk_bi,
             is_early_stop_heuristic_unsatisfied=self.early_unsatisfied, is_sent_finished=self.is_sent_finished,
             next_token_hits_stopping_criteria=self.hits, top_num_beam_mask=self.top_num_beam_mask,
-            num_beams=n, cur_len=cur, decoder_prompt_len=self.prompt_len, length_penalty=self.length_penalty,
+            num_beams=n, cur_len=cur, decoder_prompt_len=self.norm_offset, length_penalty=self.length_penalty,
             early_stopping=self.early_stopping)
         beam_idx = self.running_beam_indices[..., cur - self.prompt_len].reshape(-1).long()
         tokens = self.running_sequences[:, :, cur].reshape(-1)
@@ -96,7 +105,7 @@ class BeamState:
             is_early_stop_heuristic_unsatisfied=self.early_unsatisfied,
             running_beam_scores=self.running_beam_scores, beam_scores=self.beam_scores,
             is_sent_finished=self.is_sent_finished, cur_len=self.cur_len, max_length=self.max_length,
-            decoder_prompt_len=self.prompt_len, early_stopping=self.early_stopping,
+            decoder_prompt_len=self.norm_offset, early_stopping=self.early_stopping,
             length_penalty=self.length_penalty)
         going = bool(m._beam_search_has_unfinished_sequences(self.early_unsatisfied, self.is_sent_finished,
                                                              self.hits, self.early_stopping))

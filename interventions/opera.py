@@ -21,8 +21,9 @@ Reference: github.com/shikiw/OPERA, `transformers-4.29.2/src/transformers/genera
    earlier, as the reference), the beams chosen there are forbidden and the step is redone on the full
    vocabulary without penalty. At most `window_size` steps back.
 
-Beam bookkeeping is transformers 5's own (`interventions.beam.BeamState`), so lengths are normalized as
-`generate` does (over the generated tokens; the reference's 4.29 scorer divides by the full length).
+Beam bookkeeping is transformers 5's own (`interventions.beam.BeamState`): lengths are normalized as
+`generate` does (over the generated tokens), or with `reference_length_normalization` as the reference's
+transformers 4.29 `BeamSearchScorer` (over the whole sequence, prompt included).
 The engine prefills the prompt once and repeats the cache per beam; the candidate pass's KV of the chosen
 candidate is kept (gathered per beam), so a step costs one forward of C tokens per beam.
 Reference quirks kept as options: float16 column scores (`reference_float16_scores`), the candidate softmax,
@@ -109,7 +110,8 @@ class _Lane:
         n = beam_kw["num_beams"]
         self.a, self.p, self.reader, self.procs = adapter, p, reader, procs
         self.lm = adapter.spec.language_model(adapter)
-        self.beams = BeamState(adapter.model, prompt_ids, **beam_kw)
+        lengths = mask.sum(-1) if p["reference_length_normalization"] else None
+        self.beams = BeamState(adapter.model, prompt_ids, prompt_lengths=lengths, **beam_kw)
         cache.batch_repeat_interleave(n)
         self.cache, self.logits = cache, logits.repeat_interleave(n, 0)
         self.logits0 = self.logits  # the prompt's next-token logits (a rollback to step 0)

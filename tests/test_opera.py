@@ -9,6 +9,7 @@ from conftest import TINY_MODELS
 from harness.config import typed_node
 from interventions import opera_math as om
 from interventions.base import build_intervention
+from interventions.beam import BeamState
 from interventions.opera import _check_cache, lanes, opera_generate
 
 torch.set_num_threads(1)
@@ -124,9 +125,24 @@ def test_without_rollback_the_penalty_changes_nothing_at_weight_zero(tiny_adapte
     assert not torch.equal(opera_generate(a, b, BEAM, [], p1), a.generate_ids(b, BEAM))
 
 
+@pytest.mark.parametrize("width", [5, 7])  # 7: two left-padding tokens in the batch
+def test_reference_length_normalization_divides_by_the_whole_length(tiny_adapters, width):
+    """A hypothesis that ends at step 0 with log-prob -1: transformers 5 divides by its 1 generated token,
+    the 4.29 scorer by its whole length before EOS (the 5 unpadded prompt tokens)."""
+    model = tiny_adapters["tiny_llava"].model
+    prompt = torch.zeros(1, width, dtype=torch.long)
+    lp = torch.full((2, 4), -50.0)
+    lp[0, 3], lp[0, 1], lp[0, 2] = -1.0, -2.0, -3.0  # EOS (3) is the best continuation of the live beam
+    for lengths, expected in ((None, -1.0), (torch.tensor([5]), -1.0 / 5)):
+        beams = BeamState(model, prompt, 2, 4, eos_ids=[3], pad_id=0, prompt_lengths=lengths)
+        beams.advance(lp.clone())
+        assert beams.is_sent_finished[0, 0]
+        assert beams.beam_scores[0, 0].item() == pytest.approx(expected)
+
+
 # ---- batching ---------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name,over", [("tiny_llava", {"rollback": False}), ("tiny_llava", ROLL),
-                                       ("tiny_blip2", ROLL)])
+@pytest.mark.parametrize("name,over", [("tiny_llava", {"rollback": False, "reference_length_normalization": True})]
+                         + [(n, ROLL) for n in TINY_MODELS])
 def test_batch4_equals_batch1(tiny_adapters, coco_images, name, over):
     a = tiny_adapters[name]
     p = _params(**over)

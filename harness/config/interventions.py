@@ -128,6 +128,7 @@ class OperaConfig(InterventionConfig):
     image_penalty_steps: int = rule(ge=0)
     reference_candidate_softmax: bool = MISSING
     reference_float16_scores: bool = MISSING
+    reference_length_normalization: bool = MISSING
 
 
 SCHEMAS: dict[str, type] = {
