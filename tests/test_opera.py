@@ -10,7 +10,8 @@ from harness.config import typed_node
 from interventions import opera_math as om
 from interventions.base import build_intervention
 from interventions.beam import BeamState
-from interventions.opera import _check_cache, lanes, opera_generate
+from interventions.opera import opera_generate, prefilled_lane
+from interventions.opera_engine import check_cache
 
 torch.set_num_threads(1)
 
@@ -83,8 +84,9 @@ def test_first_step_scores_equal_independent_forwards(tiny_adapters, coco_images
     b = a.prepare(coco_images[:1], QUESTIONS[1:2])
     p = _params(penalty_weights=2.0, rollback=False)
     with torch.inference_mode():
-        (_, lane), = list(lanes(a, b, BEAM, [], p))
-        tok, scores, _, _, _ = lane.candidates(0)
+        lane = prefilled_lane(a, b, BEAM, [], p)
+        cp = lane.candidate_pass()
+        tok, (scores, _) = cp["tok"], lane.penalized(lane.groups[0], cp)
         ids = b.inputs["input_ids"]
         img = a.image_token_mask(ids)[0]
         for c in range(tok.shape[1]):
@@ -165,7 +167,7 @@ def test_unsupported_cache_and_sampling_are_clear_errors(tiny_adapters, coco_ima
         layers = [Sliding()]
 
     with pytest.raises(ValueError, match="opera cannot run on model family 'llava'"):
-        _check_cache(a, Cache())
+        check_cache(a, Cache())
     b = a.prepare(coco_images[:1], QUESTIONS[:1])
     with pytest.raises(NotImplementedError, match="beam search"):
         opera_generate(a, b, {"strategy": "sample", "max_new_tokens": 4}, [], _params())
