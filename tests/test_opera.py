@@ -142,6 +142,38 @@ def test_reference_length_normalization_divides_by_the_whole_length(tiny_adapter
         assert beams.beam_scores[0, 0].item() == pytest.approx(expected)
 
 
+def test_one_item_rolls_back_while_the_others_go_on(tiny_adapters, coco_images, monkeypatch):
+    """A rollback forced on item 1 only (at its step 3, back to step 2): in the batch every item still equals
+    its own run, the other items equal a run without it, and only item 1 records it."""
+    from interventions.opera_engine import Lane
+
+    a = tiny_adapters["tiny_llava"]
+    decoding = {**BEAM, "max_new_tokens": 10}
+    p = _params(threshold=10 ** 6)  # the rule itself never fires
+    b = a.prepare(coco_images[:4], QUESTIONS)
+    plain = opera_generate(a, b, decoding, [], p)
+    target_len = int(a.prepare(coco_images[1:2], QUESTIONS[1:2]).inputs["attention_mask"].sum())
+    real = Lane._rollback_target
+
+    def forced(self, g):
+        real(self, g)
+        if g.t == 3 and not g.rollbacks and int(self.mask[g.rows][0, :self.P].sum()) == target_len:
+            return {"pos": 2, "k": 2}
+        return None
+
+    monkeypatch.setattr(Lane, "_rollback_target", forced)
+    trace = []
+    ids = opera_generate(a, b, decoding, [], p, trace=trace)
+    pad = a.tokenizer.pad_token_id
+    assert [len(x) for x in trace] == [0, 1, 0, 0]
+    for i in range(4):
+        one = opera_generate(a, a.prepare(coco_images[i:i + 1], QUESTIONS[i:i + 1]), decoding, [], p)
+        assert _trim(ids[i], pad) == _trim(one[0], pad)
+        if i != 1:
+            assert _trim(ids[i], pad) == _trim(plain[i], pad)
+    assert not set(trace[1][0]["chosen"]) & set(trace[1][0]["rejected"])
+
+
 # ---- batching ---------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name,over", [("tiny_llava", {"rollback": False, "reference_length_normalization": True})]
                          + [(n, ROLL) for n in TINY_MODELS])
