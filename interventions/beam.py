@@ -64,15 +64,16 @@ class BeamState:
         return self.running_sequences[:, :, :self.cur_len].reshape(-1, self.cur_len)
 
     def snapshot(self) -> dict:
-        """A copy of the state (for a rollback to this step)."""
-        snap = {k: getattr(self, k).clone() for k in _STATE_KEYS}
+        """The state now (for a rollback to this step). No copy: `advance` never writes into the tensors it
+        holds (transformers' helpers return gathered new ones), so a snapshot stays as it was."""
+        snap = {k: getattr(self, k) for k in _STATE_KEYS}
         snap["cur_len"] = self.cur_len
         return snap
 
     def restore(self, snap: dict) -> None:
         """Return to a `snapshot`."""
         for k in _STATE_KEYS:
-            setattr(self, k, snap[k].clone())
+            setattr(self, k, snap[k])
         self.cur_len = snap["cur_len"]
 
     def advance(self, log_probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
