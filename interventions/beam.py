@@ -16,6 +16,7 @@ The default (None) is transformers 5's normalization over the generated tokens.
 """
 from __future__ import annotations
 
+import copy
 from typing import Any, Sequence
 
 import torch
@@ -75,6 +76,20 @@ class BeamState:
         for k in _STATE_KEYS:
             setattr(self, k, snap[k])
         self.cur_len = snap["cur_len"]
+
+    def take(self, start: int, stop: int) -> "BeamState":
+        """The state of items start..stop-1 only (their tensors sliced; nothing is copied)."""
+        part = copy.copy(self)
+        part.restore(self.take_snapshot(self.snapshot(), start, stop))
+        part.batch_size = stop - start
+        if torch.is_tensor(self.norm_offset):
+            part.norm_offset = self.norm_offset[start:stop]
+        return part
+
+    @staticmethod
+    def take_snapshot(snap: dict, start: int, stop: int) -> dict:
+        """A snapshot's items start..stop-1."""
+        return {k: (v[start:stop] if torch.is_tensor(v) else v) for k, v in snap.items()}
 
     def advance(self, log_probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
         """One beam step from processed log-probs [B*N, V]: (beam_idx [B*N] flat source rows, the new tokens

@@ -82,9 +82,7 @@ def opera_generate(adapter: Any, batch: Any, decoding: dict, logits_processors: 
         lane = prefilled_lane(adapter, batch, decoding, logits_processors, params, **extra)
         results = lane.run()
     if trace is not None:
-        for g in lane.groups:
-            items = (g.rows.stop - g.rows.start) // lane.n
-            trace.extend([g.rollbacks] if params["rollback"] else [[] for _ in range(items)])
+        trace.extend(lane.rollbacks)
     width = max((x.shape[0] for x in results), default=0)
     return torch.stack([torch.cat([x, x.new_full((width - x.shape[0],), pad)]) for x in results])
 

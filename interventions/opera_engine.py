@@ -71,16 +71,13 @@ def select_rows(cache: Any, rows: torch.Tensor, length: int) -> None:
 class _Group:
     """Items decoded in lock-step: rows `rows` (a slice of the batch rows), their beams and OPERA state."""
 
-    def __init__(self, rows: slice, beams: BeamState, logits0: torch.Tensor):
-        self.rows, self.beams, self.logits0 = rows, beams, logits0
+    def __init__(self, items: list[int], rows: slice, beams: BeamState, logits0: torch.Tensor):
+        self.items, self.rows, self.beams, self.logits0 = items, rows, beams, logits0
         self.t, self.done = 0, False
         self.cols = torch.zeros(0, dtype=torch.long, device=logits0.device)
         self.history = logits0.new_zeros(logits0.shape[0], 0, 0)
-        self.states: dict[int, dict] = {}
-        self.locs: list[torch.Tensor] = []
-        self.counts: dict[int, int] = {}
-        self.rejects: dict[int, torch.Tensor] = {}
-        self.rollbacks: list[dict] = []
+        self.states: dict[int, dict] = {}  # step -> {"beams": snapshot, "choice": (group beam_idx, tokens)}
+        self.locs: list[torch.Tensor] = []  # per step, each row's location [R_g]
 
     def grow(self, beam_idx: torch.Tensor, row: torch.Tensor, col: int) -> None:
         """Reorder the history by the group's beam_idx and add the new token's row and physical column."""
@@ -89,6 +86,24 @@ class _Group:
         self.history = torch.cat([h, row[:, None, :]], dim=1)
         self.cols = torch.cat([self.cols, self.cols.new_tensor([col])])
         self.t += 1
+
+    def part(self, start: int, stop: int, n: int) -> "_Group":
+        """The group of its items start..stop-1 (local indices), with their share of every state."""
+        rs = slice(start * n, stop * n)
+        g = _Group(self.items[start:stop], slice(self.rows.start + rs.start, self.rows.start + rs.stop),
+                   self.beams.take(start, stop), self.logits0[rs])
+        g.t, g.done, g.cols, g.history = self.t, self.done, self.cols, self.history[rs]
+        g.locs = [x[rs] for x in self.locs]
+        for k, st in self.states.items():
+            g.states[k] = {"beams": BeamState.take_snapshot(st["beams"], start, stop)}
+            if "choice" in st:
+                g.states[k]["choice"] = (st["choice"][0][rs] - rs.start, st["choice"][1][rs])
+        return g
+
+    def split(self, alone: list[int], n: int) -> list["_Group"]:
+        """Items `alone` (local indices) each in a group of their own, the others in contiguous runs."""
+        cuts = sorted({0, len(self.items)} | {j for j in alone} | {j + 1 for j in alone})
+        return [self.part(a, b, n) for a, b in zip(cuts, cuts[1:]) if b > a]
 
 
 class Lane:
@@ -106,13 +121,13 @@ class Lane:
         self.img = img.repeat_interleave(n, 0).float()
         self.P = prompt_ids.shape[1]
         b = prompt_ids.shape[0]
-        items = [[i] for i in range(b)] if p["rollback"] else [list(range(b))]
-        self.groups = []
-        for it in items:
-            rows = slice(it[0] * n, (it[-1] + 1) * n)
-            lengths = mask[it].sum(-1) if p["reference_length_normalization"] else None
-            beams = BeamState(adapter.model, prompt_ids[it], prompt_lengths=lengths, **beam_kw)
-            self.groups.append(_Group(rows, beams, self.logits[rows]))
+        lengths = mask.sum(-1) if p["reference_length_normalization"] else None
+        beams = BeamState(adapter.model, prompt_ids, prompt_lengths=lengths, **beam_kw)
+        self.groups = [_Group(list(range(b)), slice(0, b * n), beams, self.logits)]
+        # per item: rollbacks per position, rejected (beam, token) pairs per position, the trace of rollbacks
+        self.counts: list[dict[int, int]] = [{} for _ in range(b)]
+        self.rejects: list[dict[int, torch.Tensor]] = [{} for _ in range(b)]
+        self.rollbacks: list[list[dict]] = [[] for _ in range(b)]
 
     # ---- model calls -----------------------------------------------------------------------------------------
     def forward(self, ids, pos, mask, cache, n_cand=0):
@@ -167,17 +182,27 @@ class Lane:
         valid = torch.zeros(rows, dtype=torch.bool, device=tok.device)
         fallback: list[tuple[_Group, torch.Tensor, torch.Tensor]] = []
         fused: list[tuple[slice, torch.Tensor]] = []
-        for g in self.groups:
-            if g.done:
-                continue
-            s = g.rows
+        todo = []  # (group, its penalized scores, rollback target or None)
+        for g in [g for g in self.groups if not g.done]:
             scores, loc = self.penalized(g, cp)
-            target = None
-            if p["rollback"]:
-                g.states[g.t] = {"beams": g.beams.snapshot()}
-                g.states.pop(g.t - int(p["window_size"]), None)
-                g.locs.append(om.beam_locations(loc))
-                target = self._rollback_target(g)
+            if not p["rollback"]:
+                todo.append((g, scores, None))
+                continue
+            g.states[g.t] = {"beams": g.beams.snapshot()}
+            g.states.pop(g.t - int(p["window_size"]), None)
+            g.locs.append(om.beam_locations(loc))
+            targets = self._rollback_targets(g)
+            if not targets:
+                todo.append((g, scores, None))
+                continue
+            parts = g.split(sorted(targets), self.n)
+            self.groups = sorted([x for x in self.groups if x is not g] + parts, key=lambda x: x.rows.start)
+            for part in parts:
+                rs = slice(part.rows.start - g.rows.start, part.rows.stop - g.rows.start)
+                todo.append((part, scores[rs], targets.get(part.items[0] - g.items[0]) if len(part.items) == 1
+                             else None))
+        for g, scores, target in todo:
+            s = g.rows
             if target is None:
                 full = (torch.full_like(self.logits[s], -999.0) if p["reference_candidate_softmax"]
                         else self.logits[s].clone())
@@ -189,7 +214,7 @@ class Lane:
             if p["rollback"]:
                 g.states[g.t]["choice"] = (gb, toks)
                 if target is not None:
-                    g.rollbacks[-1]["chosen"] = list(zip(gb.tolist(), toks.tolist()))
+                    self.rollbacks[g.items[0]][-1]["chosen"] = list(zip(gb.tolist(), toks.tolist()))
             g.done = not going
             if g.done:
                 continue
@@ -235,35 +260,36 @@ class Lane:
             self.logits[s] = logits[s, -1]
 
     # ---- retrospection ---------------------------------------------------------------------------------------
-    def _rollback_target(self, g: _Group) -> dict | None:
-        """The reference's rollback decision for a one-item group at its step t: {"pos", "k"} or None."""
-        p, t = self.p, g.t
-        hist = torch.stack(g.locs, dim=-1)[None]  # [1, N, steps]
-        loc = om.item_location(g.locs[-1][None])
-        if not bool(om.wants_rollback(hist, loc, int(p["threshold"]))[0]):
-            return None
-        loc = int(loc[0])
-        if loc < int(p["rollback_min_location"]):
-            return None
-        cap = int(p["rollback_max_per_position"] or p["num_attn_candidates"])
-        pos = loc + 1
-        if g.counts.get(pos, 0) >= cap:
-            pos -= 1
-            if g.counts.get(pos, 0) >= cap:
-                return None
-        g.counts[pos] = g.counts.get(pos, 0) + 1
-        w = int(p["window_size"])
-        if (t + 1) - pos > w + 1:
-            pos = max(1, t + 1 - w - 1)
-        k = min(pos, t - 1)  # the reference restores history_states[-2] after popping to pos + 2 states
-        if k < 0 or k not in g.states or "choice" not in g.states[k]:
-            return None
-        return {"pos": pos, "k": k}
+    def _rollback_targets(self, g: _Group) -> dict[int, dict]:
+        """The reference's rollback decision for each item of a group at its step t: local item -> {"pos", "k"}."""
+        p, t, n = self.p, g.t, self.n
+        b = len(g.items)
+        hist = torch.stack(g.locs, dim=-1).view(b, n, -1)
+        loc = om.item_location(g.locs[-1].view(b, n))
+        wants = om.wants_rollback(hist, loc, int(p["threshold"])) & (loc >= int(p["rollback_min_location"]))
+        out = {}
+        for j in wants.nonzero().flatten().tolist():
+            counts = self.counts[g.items[j]]
+            cap = int(p["rollback_max_per_position"] or p["num_attn_candidates"])
+            pos = int(loc[j]) + 1
+            if counts.get(pos, 0) >= cap:
+                pos -= 1
+                if counts.get(pos, 0) >= cap:
+                    continue
+            counts[pos] = counts.get(pos, 0) + 1
+            w = int(p["window_size"])
+            if (t + 1) - pos > w + 1:
+                pos = max(1, t + 1 - w - 1)
+            k = min(pos, t - 1)  # the reference restores history_states[-2] after popping to pos + 2 states
+            if k >= 0 and "choice" in g.states.get(k, {}):
+                out[j] = {"pos": pos, "k": k}
+        return out
 
     def _rollback(self, g: _Group, target: dict) -> torch.Tensor:
         """Return the group to step k, forbid the beams chosen there before; the log-probs to redo step k with."""
         pos, k = target["pos"], target["k"]
-        g.rollbacks.append({"step": g.t, "position": pos, "restored": k})
+        item = g.items[0]
+        self.rollbacks[item].append({"step": g.t, "position": pos, "restored": k})
         choice = g.states[k]["choice"]
         g.beams.restore(g.states[k]["beams"])
         for st in [st for st in g.states if st > k]:
@@ -273,10 +299,11 @@ class Lane:
         n, v = self.n, logits.shape[-1]
         shifted = logits - 999.0 - logits.min(-1, keepdim=True).values
         pairs = choice[0] * v + choice[1]
-        g.rejects[pos] = torch.cat([g.rejects[pos], pairs]) if pos in g.rejects else pairs
-        g.rejects.pop(pos + 1, None)
-        g.rollbacks[-1]["rejected"] = [(int(x) // v, int(x) % v) for x in g.rejects[pos]]
-        shifted = shifted.view(1, -1).scatter(-1, g.rejects[pos][None], -999.0).view(n, v)
+        rejects = self.rejects[item]
+        rejects[pos] = torch.cat([rejects[pos], pairs]) if pos in rejects else pairs
+        rejects.pop(pos + 1, None)
+        self.rollbacks[item][-1]["rejected"] = [(int(x) // v, int(x) % v) for x in rejects[pos]]
+        shifted = shifted.view(1, -1).scatter(-1, rejects[pos][None], -999.0).view(n, v)
         return torch.log_softmax(shifted, dim=-1)
 
     def _rebuild(self, g: _Group, k: int) -> torch.Tensor:

@@ -153,15 +153,17 @@ def test_one_item_rolls_back_while_the_others_go_on(tiny_adapters, coco_images, 
     b = a.prepare(coco_images[:4], QUESTIONS)
     plain = opera_generate(a, b, decoding, [], p)
     target_len = int(a.prepare(coco_images[1:2], QUESTIONS[1:2]).inputs["attention_mask"].sum())
-    real = Lane._rollback_target
+    real = Lane._rollback_targets
 
     def forced(self, g):
-        real(self, g)
-        if g.t == 3 and not g.rollbacks and int(self.mask[g.rows][0, :self.P].sum()) == target_len:
-            return {"pos": 2, "k": 2}
-        return None
+        out = real(self, g)
+        for j, item in enumerate(g.items):
+            row = g.rows.start + j * self.n
+            if g.t == 3 and not self.rollbacks[item] and int(self.mask[row, :self.P].sum()) == target_len:
+                out[j] = {"pos": 2, "k": 2}
+        return out
 
-    monkeypatch.setattr(Lane, "_rollback_target", forced)
+    monkeypatch.setattr(Lane, "_rollback_targets", forced)
     trace = []
     ids = opera_generate(a, b, decoding, [], p, trace=trace)
     pad = a.tokenizer.pad_token_id
