@@ -14,7 +14,7 @@ Reference: github.com/shikiw/OPERA, `transformers-4.29.2/src/transformers/genera
 4. `reference_candidate_softmax` (reference): every non-candidate logit is set to -999 before the
    log-softmax, so the beam scores are renormalized over the candidates; false keeps the full vocabulary
    (with `penalty_weights: 0` and `rollback: false` that is plain beam search, exactly);
-5. retrospection (`rollback`, one item at a time): each beam's location (mode over its candidates of the
+5. retrospection (`rollback`, per item): each beam's location (mode over its candidates of the
    column that scored highest) is recorded per step; when every beam's history holds the item's location
    (mode over beams) more than `threshold` times and the location is >= `rollback_min_location`, decoding
    returns to the step after that token (`rollback_max_per_position` times per position, then one position
@@ -24,13 +24,22 @@ Reference: github.com/shikiw/OPERA, `transformers-4.29.2/src/transformers/genera
 Beam bookkeeping is transformers 5's own (`interventions.beam.BeamState`): lengths are normalized as
 `generate` does (over the generated tokens), or with `reference_length_normalization` as the reference's
 transformers 4.29 `BeamSearchScorer` (over the whole sequence, prompt included).
-The engine prefills the prompt once and repeats the cache per beam; the candidate pass's KV of the chosen
-candidate is kept (gathered per beam), so a step costs one forward of C tokens per beam.
+
+The loop (`interventions.opera_engine`) prefills the prompts once, repeats the cache per beam and keeps the
+candidate pass's KV of each chosen candidate, so a step costs one forward of C tokens per beam (a plain
+one-token step is added only when a chosen token was no candidate, e.g. the -999 fillers of the candidate
+softmax, and after a rollback). The batch runs as one: an item that rolls back splits off into its own
+group, its undone tokens become holes of the shared cache (masked) and its restored beams' tokens are
+recomputed from the prompt; the other items' rows go on untouched (batch 4 = batch 1, tested).
+
 Reference quirks kept as options: float16 column scores (`reference_float16_scores`), the candidate softmax,
-the 10-token image bonus and minimum rollback location, the per-position cap equal to C. Deviations: the
-location history is per beam row (the reference does not reorder it with the beams either) and per item
-(the reference takes modes over the whole batch; it only ran batch 1). Families whose KV cache is not
-transformers' `DynamicLayer` (sliding-window layers) raise a ValueError naming the family.
+the 10-token image bonus (`image_penalty_steps`), the minimum rollback location, the per-position cap equal
+to C. Deviations: the rollback decision is per item (the reference takes modes over the whole batch; it ran
+batch 1); the window is the last `window_size` response columns (the reference scores all, the same below
+512 tokens); the reference's clearing of rejected tokens at the END of its 512-slot list (never reached
+below ~500 tokens) is not reproduced. Attention edits of composed interventions see the candidate pass as C
+query rows per beam. Families whose KV cache is not transformers' `DynamicLayer` (sliding-window layers)
+raise a ValueError naming the family.
 """
 from __future__ import annotations
 
