@@ -101,6 +101,22 @@ def test_first_step_scores_equal_independent_forwards(tiny_adapters, coco_images
             assert torch.allclose(scores[:, c], expected.expand(3), atol=1e-5)
 
 
+def test_candidate_softmax_renormalizes_the_first_beam_scores(tiny_adapters, coco_images):
+    """reference_candidate_softmax: after step 0 the beams score log_softmax over the live beam's C candidate
+    logits (the -999 fillers carry no mass); without it, log_softmax over the vocabulary."""
+    a = tiny_adapters["tiny_llava"]
+    b = a.prepare(coco_images[:1], QUESTIONS[1:2])
+    with torch.inference_mode():
+        first = a.model(**b.inputs, return_dict=True).logits[0, -1].float()
+        top = first.topk(5).values
+        cases = ((True, torch.log_softmax(top, -1)[:3]), (False, torch.log_softmax(first, -1).topk(3).values))
+        for softmax, expected in cases:
+            lane = prefilled_lane(a, b, BEAM, [], _params(penalty_weights=0.0, rollback=False,
+                                                          reference_candidate_softmax=softmax))
+            lane.step()
+            assert torch.allclose(lane.groups[0].beams.running_beam_scores[0], expected, atol=1e-5)
+
+
 # ---- rollback ---------------------------------------------------------------------------------------------------
 def test_one_rollback_rejects_the_beams_it_undoes(tiny_adapters, coco_images):
     a = tiny_adapters["tiny_llava"]
