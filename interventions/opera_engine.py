@@ -113,7 +113,7 @@ class Lane:
         n = self.n = beam_kw["num_beams"]
         self.p, self.reader, self.procs = p, reader, procs
         self.lm = adapter.spec.language_model(adapter)
-        self.pad = beam_kw["pad_id"]
+        self.pad, self.family = beam_kw["pad_id"], adapter.family
         cache.batch_repeat_interleave(n)
         self.cache, self.logits = cache, logits.repeat_interleave(n, 0)
         self.mask = mask.repeat_interleave(n, 0)
@@ -132,9 +132,13 @@ class Lane:
     # ---- model calls -----------------------------------------------------------------------------------------
     def forward(self, ids, pos, mask, cache, n_cand=0):
         """The language model on `ids` [R, q] after `cache`; (logits [R, q', V] float32, normalized rows [R, q, k])."""
+        self.reader.weights = None
         with self.reader.reading(n_cand):
             out = self.lm(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True,
                           logits_to_keep=max(n_cand, 1), return_dict=True)
+        if self.reader.weights is None:
+            raise ValueError(f"opera cannot run on model family {self.family!r}: its last decoder layer's attention "
+                             f"does not go through transformers' AttentionInterface, so it cannot be read")
         return out.logits.float(), om.normalized_rows(self.reader.weights), out.cache
 
     def next_pos(self) -> torch.Tensor:
