@@ -37,9 +37,10 @@ the 10-token image bonus (`image_penalty_steps`), the minimum rollback location,
 to C. Deviations: the rollback decision is per item (the reference takes modes over the whole batch; it ran
 batch 1); the window is the last `window_size` response columns (the reference scores all, the same below
 512 tokens); the reference's clearing of rejected tokens at the END of its 512-slot list (never reached
-below ~500 tokens) is not reproduced. Attention edits of composed interventions see the candidate pass as C
-query rows per beam. Families whose KV cache is not transformers' `DynamicLayer` (sliding-window layers)
-raise a ValueError naming the family.
+below ~500 tokens) is not reproduced. Attention edits of composed interventions would see the candidate pass
+as C query rows per beam, so composing with one that edits attention logits (head_guide) raises
+NotImplementedError; logits processors of other interventions apply to the beam scores. Families whose KV
+cache is not transformers' `DynamicLayer` (sliding-window layers) raise a ValueError naming the family.
 """
 from __future__ import annotations
 
@@ -71,14 +72,15 @@ def prefilled_lane(adapter: Any, batch: Any, decoding: dict, logits_processors: 
                "eos_ids": _eos_ids(adapter, kw.get("eos_token_id")), "pad_id": int(kw["pad_token_id"]),
                "length_penalty": float(lp if lp is not None else 1.0),
                "early_stopping": gc.early_stopping if gc.early_stopping is not None else False}
-    spec = adapter.spec
+    spec, reader = adapter.spec, Reader(adapter)
+    reader.check_alone(adapter.family)
     view = batch_view(adapter, batch.inputs)
     ids, mask = view.input_ids, view.attention_mask
     procs = build_processors(kw, ids.shape[1], beam_kw["eos_ids"], logits_processors or [], False, False)
     pos = spec.position_ids(adapter, ids, mask, view.image_kwargs)
     out = spec.prefill(adapter, ids, mask, pos, view.encoding, view.image_kwargs)
     check_cache(adapter, out.cache)
-    return Lane(adapter, params, Reader(adapter), procs, beam_kw, out.cache, out.logits[:, -1].float(), mask, pos,
+    return Lane(adapter, params, reader, procs, beam_kw, out.cache, out.logits[:, -1].float(), mask, pos,
                 adapter.image_token_mask(ids), ids)
 
 

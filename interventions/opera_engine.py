@@ -41,6 +41,17 @@ class Reader:
         tail = mask[..., -c:].masked_fill(block, torch.finfo(mask.dtype).min)
         return scores, torch.cat([mask[..., :-c], tail], dim=-1)
 
+    def check_alone(self, family: str) -> None:
+        """Raise when another intervention edits this model's attention logits: its edits assume one query row per
+        sequence (the newest token), and the candidate pass feeds C at once."""
+        from interventions.attention_fn import _STATES, attention_config
+
+        state = _STATES.get(id(attention_config(self.all)))
+        if state is not None and any(a.edit is not None for a in state.stack):
+            raise NotImplementedError(f"opera cannot be composed with an intervention that edits attention logits "
+                                      f"(e.g. head_guide) on {family!r}: its candidate pass feeds "
+                                      f"num_attn_candidates tokens per beam at once")
+
     @contextmanager
     def reading(self, n_cand: int = 0) -> Iterator[None]:
         """Inside: the last layer's weights land in `weights`; with n_cand > 1 the last n_cand query tokens see

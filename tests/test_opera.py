@@ -223,3 +223,23 @@ def test_unsupported_cache_and_sampling_are_clear_errors(tiny_adapters, coco_ima
         opera_generate(a, b, {"strategy": "sample", "max_new_tokens": 4}, [], _params())
     with pytest.raises(Exception, match="num_attn_candidates"):
         build_intervention({"name": "opera", "num_attn_candidates": 0})
+
+
+def test_composing_with_an_attention_edit_is_refused_but_processors_compose(tiny_adapters, coco_images):
+    from transformers import LogitsProcessor
+
+    a = tiny_adapters["tiny_llava"]
+    b = a.prepare(coco_images[:1], QUESTIONS[:1])
+    iv = build_intervention({"name": "compose", "members": [{"name": "head_guide"}, {"name": "opera"}]})
+    iv.resolve(a.info)
+    iv.setup(a)
+    with iv.session(a, b) as plan, pytest.raises(NotImplementedError, match="head_guide"):
+        plan.generate_fn(b, BEAM, [])
+
+    class Ban(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            return scores.index_fill(-1, torch.tensor([banned]), -float("inf"))
+
+    p = _params(**OFF)
+    banned = int(opera_generate(a, b, BEAM, [], p)[0, 0])
+    assert int(opera_generate(a, b, BEAM, [Ban()], p)[0, 0]) != banned
