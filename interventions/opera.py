@@ -53,7 +53,8 @@ from harness.models.adapter import generation_kwargs
 from harness.registry import INTERVENTIONS
 from interventions.base import GenerationPlan, Intervention
 from interventions.contrastive import _eos_ids, batch_view, build_processors
-from interventions.opera_engine import Lane, Reader, check_cache
+from interventions.opera_engine import Lane
+from interventions.opera_reader import Reader, check_cache
 
 
 def prefilled_lane(adapter: Any, batch: Any, decoding: dict, logits_processors: Sequence | None, params: dict,

@@ -11,7 +11,7 @@ from interventions import opera_math as om
 from interventions.base import build_intervention
 from interventions.beam import BeamState
 from interventions.opera import opera_generate, prefilled_lane
-from interventions.opera_engine import check_cache
+from interventions.opera_reader import check_cache
 
 torch.set_num_threads(1)
 
