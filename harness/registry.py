@@ -72,6 +72,7 @@ INTERVENTIONS: Registry = Registry(
         "interventions.warn",
         "interventions.first_token_probe",
         "interventions.mirage",
+        "interventions.opera",
     ),
 )
 FAMILIES: Registry = Registry("model family", ("harness.models.families",))

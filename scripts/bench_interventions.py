@@ -12,6 +12,8 @@ shared machine disturbs far less than wall time. Rounds are interleaved (each ro
 once, in rotated order) after one warm-up round; the ratio is the median over rounds of the per-round ratio
 to `none` of the same round (paired). Targets: head_guide <= 1.15x, damro and vcd <= 1.6x; PASS/MISS is
 printed per target (the exit code is 0 either way: timings depend on the machine).
+Beam-search engines (opera) are timed in a second group against plain beam search with the same beams
+(`none (beam N)`, `--beams`, default 5 as OPERA's README), same fixed length; target opera <= 1.5x.
 """
 from __future__ import annotations
 
@@ -32,6 +34,8 @@ from harness.runner import generate_with_plan  # noqa: E402
 from interventions.base import build_intervention  # noqa: E402
 
 TARGETS = {"head_guide": 1.15, "damro": 1.6, "vcd": 1.6}
+BEAM_TARGETS = {"opera": 1.5}
+BEAM_METHODS = ("opera",)
 METHODS = ("head_guide", "damro", "vcd")
 QUESTIONS = ["Please describe this image in detail.", "Is there a dog in the image?",
              "What is the man holding?", "Is there a car in the image? Please answer this question with one word.",
@@ -46,16 +50,18 @@ def bench_models() -> list[str]:
     return tiny_names()
 
 
-def intervention_configs() -> dict:
+def intervention_configs(methods=METHODS) -> dict:
     """name -> intervention config (the shipped config; model-dependent nulls resolve against the model)."""
     cfgs = {"none": {"name": "none"}}
     names = INTERVENTIONS.names()
-    for name in METHODS:
+    for name in methods:
         if name not in names:
             print(f"# {name}: not registered, skipped")
             continue
         path = ROOT / "configs" / "intervention" / f"{name}.yaml"
-        cfgs[name] = yaml.safe_load(path.read_text()) if path.exists() else {"name": name}
+        cfg = yaml.safe_load(path.read_text()) if path.exists() else {"name": name}
+        cfg.pop("defaults", None)  # the Hydra schema line; build_intervention types the values itself
+        cfgs[name] = cfg
     return cfgs
 
 
@@ -87,8 +93,18 @@ def bench_model(model_name: str, args) -> list[tuple[str, str, float, float | No
     questions = [QUESTIONS[i % len(QUESTIONS)] for i in range(args.batch)]
     batch = adapter.prepare(images, questions)
     decoding = {"strategy": "greedy", "max_new_tokens": args.max_new_tokens, "min_new_tokens": args.max_new_tokens}
+    rows = time_group(model_name, adapter, batch, decoding, intervention_configs(), TARGETS, args, "none")
+    if args.beams:
+        beam = {**decoding, "strategy": "beam", "num_beams": args.beams}
+        rows += time_group(model_name, adapter, batch, beam, intervention_configs(BEAM_METHODS), BEAM_TARGETS, args,
+                           f"none (beam {args.beams})")
+    return rows
+
+
+def time_group(model_name, adapter, batch, decoding, cfgs, targets, args, base_label):
+    """Rows of one group of interventions timed in interleaved rounds against its `none` (same decoding)."""
     ivs, rows = {}, []
-    for name, cfg in intervention_configs().items():
+    for name, cfg in cfgs.items():
         iv = build_intervention(cfg)
         try:
             iv.resolve(adapter.info)
@@ -111,9 +127,9 @@ def bench_model(model_name: str, args) -> list[tuple[str, str, float, float | No
     for n in names:
         med = statistics.median(times[n])
         ratio = statistics.median(t / b for t, b in zip(times[n], times["none"]))
-        target = TARGETS.get(n)
+        target = targets.get(n)
         verdict = "" if target is None else ("PASS" if ratio <= target else "MISS") + f" (target <= {target:.2f}x)"
-        rows.append((model_name, n, med, ratio, verdict))
+        rows.append((model_name, base_label if n == "none" else n, med, ratio, verdict))
     return rows
 
 
@@ -124,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--beams", type=int, default=5, help="beams of the beam-search group (opera); 0: skip it")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     args = ap.parse_args(argv)
@@ -133,11 +150,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# batch {args.batch}, {args.max_new_tokens} new tokens (greedy, fixed length), "
           f"{args.repeats} interleaved rounds, median of per-round CPU-time ratios; "
           f"torch threads {torch.get_num_threads()}, device {args.device}")
-    print(f"{'model':<22} {'intervention':<12} {'median s':>9} {'ratio':>7}  verdict")
+    print(f"{'model':<22} {'intervention':<16} {'median s':>9} {'ratio':>7}  verdict")
     for model_name in args.models or bench_models():
         for model, name, med, ratio, verdict in bench_model(model_name, args):
             shown = f"{ratio:6.2f}x" if ratio is not None else "     - "
-            print(f"{model:<22} {name:<12} {med:9.4f} {shown}  {verdict}")
+            print(f"{model:<22} {name:<16} {med:9.4f} {shown}  {verdict}")
     return 0
 
 

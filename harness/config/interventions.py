@@ -113,6 +113,24 @@ class PlausibilityCutConfig(InterventionConfig):
     beta: float = rule(ge=0, le=1, finite=True)
 
 
+@dataclass
+class OperaConfig(InterventionConfig):
+    """OPERA beam search with over-trust penalty and retrospection (interventions/opera.py)."""
+
+    scale_factor: float = rule(gt=0, finite=True)
+    threshold: int = rule(ge=0)
+    num_attn_candidates: int = rule(ge=1)
+    penalty_weights: float = rule(ge=0, finite=True)
+    window_size: int = rule(ge=1)
+    rollback: bool = MISSING
+    rollback_min_location: int = rule(ge=0)
+    rollback_max_per_position: Optional[int] = rule(ge=1)
+    image_penalty_steps: int = rule(ge=0)
+    reference_candidate_softmax: bool = MISSING
+    reference_float16_scores: bool = MISSING
+    reference_length_normalization: bool = MISSING
+
+
 SCHEMAS: dict[str, type] = {
     "none": NoneConfig,
     "compose": ComposeConfig,
@@ -124,4 +142,5 @@ SCHEMAS: dict[str, type] = {
     "first_token_probe": FirstTokenProbeConfig,
     "yes_bias": YesBiasConfig,
     "plausibility_cut": PlausibilityCutConfig,
+    "opera": OperaConfig,
 }
