@@ -73,8 +73,9 @@ def qformer_relevancy(self_cams: Sequence[torch.Tensor], cross_cams: Sequence[to
 
 
 def answer_relevancy(adapter: VLMAdapter, cap: Captured, logits: torch.Tensor, answer_ids: list[int],
-               positions: list[int], span: tuple[int, int], geometry: dict):
-    """Decoder relevancy [T, span], its image share per token, and vision-side relevancy per view."""
+               positions: list[int], image_pos: torch.Tensor, geometry: dict):
+    """Decoder relevancy [T, span] of the image tokens at `image_pos` (in order), its image share per token,
+    and vision-side relevancy per view."""
     tensors = cap.decoder + cap.vision + cap.qformer_self + cap.qformer_cross
     nd, nv, nqs = len(cap.decoder), len(cap.vision), len(cap.qformer_self)
     has_cross = [getattr(layer, "has_cross_attention", False) for layer in adapter.site("qformer").encoder.layer] \
@@ -84,7 +85,7 @@ def answer_relevancy(adapter: VLMAdapter, cap: Captured, logits: torch.Tensor, a
         grads = torch.autograd.grad(logits[q, tok], tensors, retain_graph=True, allow_unused=True)
         dec_cams = [gradcam(a, g)[0] for a, g in zip(cap.decoder, grads[:nd])]
         v = rollout_row(dec_cams, q)
-        r_img = v[span[0]:span[1]]
+        r_img = v[image_pos.to(v.device)]
         others = v.sum() - v[q]
         shares.append(float(r_img.sum() / others) if others > 0 else 0.0)
         rels.append(r_img.cpu())
