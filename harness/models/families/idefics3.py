@@ -69,6 +69,10 @@ def image_only_smolvlm_processor_class():
             self.video_token = getattr(tokenizer, "video_token", "<video>")
             ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template, **kwargs)
 
+        def apply_chat_template(self, conversation, chat_template=None, **kwargs):
+            """The mixin's chat templating (SmolVLM's own only adds its video processor's frame defaults)."""
+            return ProcessorMixin.apply_chat_template(self, conversation, chat_template, **kwargs)
+
     return ImageOnlySmolVLMProcessor
 
 
@@ -113,6 +117,11 @@ class Idefics3(ModelFamily):
         if AutoConfig.from_pretrained(path).model_type == "smolvlm":
             return image_only_smolvlm_processor_class().from_pretrained(path, backend="pil")
         return super().load_processor(path, trust_remote_code)
+
+    def process(self, processor: Any, images: Sequence[Any], prompts: Sequence[str]) -> dict:
+        """Processor output for a batch (left-padded): images nested one per prompt (SmolVLM's processor reads a
+        flat list as the images of one prompt)."""
+        return processor(images=[[im] for im in images], text=list(prompts), return_tensors="pt", padding=True)
 
     # ---- pixels per image ----------------------------------------------------------------------------
     def split_pixels(self, vis: dict) -> list[torch.Tensor]:
