@@ -114,7 +114,7 @@ def test_tiles_geometry_reassembles_each_tile_grid(tiny_adapters, coco_images):
     b = a.prepare([coco_images[0]], ["x"])
     n = a.image_token_mask(b.inputs["input_ids"]).sum().item()
     g = a.spec.span_geometry(a, b.inputs, n)
-    assert g == {"kind": "tiles", "side": 2, "rows": 2, "cols": 2}
+    assert g == {"kind": "tiles", "side": 2, "rows": 2, "cols": 2, "scale": 2}
     assert [(v.name, v.rows, v.cols) for v in span_views(g)] == [("tiles", 4, 4), ("global", 2, 2)]
     # token k of tile (r, c) at row-major cell (i, j) of its 2x2 grid holds 100 r + 10 c + (2 i + j)
     vals = torch.tensor([100 * r + 10 * c + k for r in range(2) for c in range(2) for k in range(4)] + [-1.0] * 4)
@@ -148,6 +148,9 @@ def test_diagnosis_attention_is_read_at_the_image_positions(tiny_adapters, coco_
     first = torch.stack([att[0, :, -1, pos].float().mean(0) for att in out.attentions[0]])  # token 0, per layer
     torch.testing.assert_close(tr.attention[:, 0], first, rtol=1e-4, atol=1e-5)
     assert [v.name for v in tr.views] == ["tiles", "global"]
+    # relevancy pushed through each tile's encoder rollout, shown at the token grids
+    assert {k: tuple(v.shape) for k, v in tr.patch_relevancy.items()} == {"tiles": (3, 4, 4), "global": (3, 2, 2)}
+    assert all(bool(v.isfinite().all()) and bool(v.abs().sum() > 0) for v in tr.patch_relevancy.values())
 
 
 def test_smolvlm_model_type_and_image_only_processor(tmp_path, tiny_adapters, coco_images):

@@ -159,7 +159,7 @@ class Idefics3(ModelFamily):
         side = vc.image_size // vc.patch_size // cfg.scale_factor
         rows, cols = tile_layout(adapter, inputs["input_ids"][0])
         if (rows * cols + 1) * side * side == span_len:
-            return {"kind": "tiles", "side": side, "rows": rows, "cols": cols}
+            return {"kind": "tiles", "side": side, "rows": rows, "cols": cols, "scale": cfg.scale_factor}
         return super().span_geometry(adapter, inputs, span_len)
 
     # ---- tiny model ----------------------------------------------------------------------------------
