@@ -3,6 +3,7 @@ image), per-image tiles for pixel-space views, padding across views, engine pref
 diagnosis layout, the SmolVLM model type, and the family end to end."""
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
@@ -151,6 +152,14 @@ def test_diagnosis_attention_is_read_at_the_image_positions(tiny_adapters, coco_
     # relevancy pushed through each tile's encoder rollout, shown at the token grids
     assert {k: tuple(v.shape) for k, v in tr.patch_relevancy.items()} == {"tiles": (3, 4, 4), "global": (3, 2, 2)}
     assert all(bool(v.isfinite().all()) and bool(v.abs().sum() > 0) for v in tr.patch_relevancy.values())
+    from harness.diagnosis.report import report_payload
+
+    payload = report_payload(tr, chair=False)
+    assert payload["geometry"] == "tiles"
+    for kind in payload["kinds"]:  # attention, relevancy, relevancy through the encoder: tile grid and global
+        assert [(v["name"], v["rows"], v["cols"]) for v in kind["views"]] == [("tiles", 4, 4), ("global", 2, 2)]
+        for v in kind["views"]:  # one cell per grid cell, per (token, layer)
+            assert len(base64.b64decode(v["data"])) == len(v["scale"]) * v["rows"] * v["cols"], kind["name"]
 
 
 def test_smolvlm_model_type_and_image_only_processor(tmp_path, tiny_adapters, coco_images):

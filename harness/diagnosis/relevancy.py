@@ -164,7 +164,8 @@ def _tiles_vision_relevancy(g: dict, r_img: torch.Tensor, R_ii: torch.Tensor) ->
         patches = tok[t].repeat_interleave(k, 0).repeat_interleave(k, 1).reshape(-1) / (k * k)
         pushed = (patches @ R_ii[t]).view(s, k, s, k).sum((1, 3)) if t < R_ii.shape[0] else torch.zeros(s, s)
         out.append(pushed.to(r_img.device))
-    res = {"global": out[-1].cpu()}
+    res = {}
     if rows * cols:
         res["tiles"] = torch.stack(out[:-1]).view(rows, cols, s, s).transpose(1, 2).reshape(rows * s, cols * s).cpu()
+    res["global"] = out[-1].cpu()
     return res

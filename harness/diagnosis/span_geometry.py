@@ -83,10 +83,11 @@ def to_views(geometry: dict, values: torch.Tensor, qformer_map: torch.Tensor | N
     if kind == "tiles":
         s, rows, cols = geometry["side"], geometry["rows"], geometry["cols"]
         n = rows * cols * s * s
-        out = {"global": values[..., n:].reshape(*lead, s, s)}
+        out = {}
         if n:
             tiles = values[..., :n].reshape(*lead, rows, cols, s, s).transpose(-3, -2)
             out["tiles"] = tiles.reshape(*lead, rows * s, cols * s)
+        out["global"] = values[..., n:].reshape(*lead, s, s)
         return out
     if kind == "queries":
         out = {"queries": values.reshape(*lead, 1, geometry["n"])}
