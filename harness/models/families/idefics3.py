@@ -126,7 +126,8 @@ class Idefics3(ModelFamily):
     # ---- pixels per image ----------------------------------------------------------------------------
     def split_pixels(self, vis: dict) -> list[torch.Tensor]:
         """Per image, its real tiles [n_i, 3, S, S] (global image last), without the all-zero tiles that pad a
-        batch (the model drops all-zero tiles too), so an image's VCD noise does not depend on its batch."""
+        batch (the model drops all-zero tiles too), so an image's VCD noise does not depend on its batch. (A real
+        tile is never all zero: no 8-bit value equals SigLIP's normalisation mean 0.5.)"""
         pieces = []
         for tiles in vis["pixel_values"].unbind(0):
             real = tiles.flatten(1).ne(0).any(-1).nonzero()
