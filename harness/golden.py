@@ -24,8 +24,10 @@ GOLDEN_METRICS = ("CHAIRs", "CHAIRi", "Recall", "Len", "pope_accuracy", "pope_f1
 
 def golden_scores(label: str, work_dir: Path) -> dict:
     """Run golden run `label` on the smoke benchmark in `work_dir` and return its golden metrics."""
+    from harness.config import register_configs
     from harness.pipeline import run_job
 
+    register_configs()  # the typed schemas the config groups' defaults name (tests register them in conftest)
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[*golden_runs()[label], "benchmark=smoke",
                                                        f"results_store={work_dir / 'results.jsonl'}"])

@@ -51,9 +51,9 @@ class Trace:
     token_ids: list[int]
     token_texts: list[str]  # each token's piece of ``answer``
     token_offsets: list[tuple[int, int]]  # [start, end) of each token in ``answer``
-    span: tuple[int, int]  # image-token span in the full sequence
+    span: tuple[int, int]  # [first, last + 1) of the image tokens in the full sequence
     positions: list[int]  # the query row that predicted each answer token
-    attention: torch.Tensor  # [layers, T, span] head-mean attention of the predicting row onto the span
+    attention: torch.Tensor  # [layers, T, span] head-mean attention of the predicting row onto the image tokens
     relevancy: torch.Tensor | None = None  # [T, span] decoder-rollout relevancy of the image tokens
     patch_relevancy: dict[str, torch.Tensor] = field(default_factory=dict)  # view -> [T, rows, cols]
     relevancy_image_share: list[float] = field(default_factory=list)  # relevancy mass on the image span
@@ -62,6 +62,7 @@ class Trace:
     images: dict[str, Any] = field(default_factory=dict)  # "model", "original" -> PIL images
     generated: bool = True  # False: teacher-forced on a given answer
     geometry: dict = field(default_factory=dict)  # family-specific span layout (see span_views)
+    image_positions: list[int] = field(default_factory=list)  # the image tokens (the "span" axis), in order
 
     @property
     def num_layers(self) -> int:
@@ -137,11 +138,12 @@ def trace_answer(adapter: VLMAdapter, image: Any, question: str, answer: str | N
         raise ValueError("the answer has no tokens to diagnose")
     prompt_len = batch.inputs["input_ids"].shape[1]
     inputs = forced_inputs(batch, answer_ids, adapter)
-    span = adapter.image_spans(inputs["input_ids"])[0]
-    if span[1] <= span[0]:
+    image_pos = adapter.image_positions(inputs["input_ids"])[0]  # the image tokens, in order (maybe not contiguous)
+    if image_pos.numel() == 0:
         raise ValueError("no image tokens in the prompt")
+    span = (int(image_pos[0]), int(image_pos[-1]) + 1)
     positions = [prompt_len + t - 1 for t in range(len(answer_ids))]
-    geometry = span_geometry(adapter, inputs, span[1] - span[0])
+    geometry = span_geometry(adapter, inputs, image_pos.numel())
 
     cap = Captured()
     model = adapter.model
@@ -151,7 +153,7 @@ def trace_answer(adapter: VLMAdapter, image: Any, question: str, answer: str | N
         out = model(**inputs, use_cache=False)
         logits = out.logits[0]
         # attention of each predicting row onto the image span, per layer (head mean)
-        attention = torch.stack([a[0][:, positions, span[0]:span[1]].detach().float().mean(0).cpu()
+        attention = torch.stack([a[0][:, positions][..., image_pos.to(a.device)].detach().float().mean(0).cpu()
                                  for a in cap.decoder])
         hidden = [h[0, positions].detach() for h in cap.hidden]
         lens = logit_lens(adapter, hidden, top_k=lens_top_k)
@@ -165,7 +167,8 @@ def trace_answer(adapter: VLMAdapter, image: Any, question: str, answer: str | N
 
         rel, share, patch_rel = None, [], {}
         if relevancy:
-            rel, share, patch_rel = answer_relevancy(adapter, cap, logits, answer_ids, positions, span, geometry)
+            rel, share, patch_rel = answer_relevancy(adapter, cap, logits, answer_ids, positions, image_pos,
+                                                         geometry)
 
     text, pieces, offsets = answer_pieces(adapter.tokenizer, answer_ids)
     views = span_views(geometry)
@@ -177,4 +180,4 @@ def trace_answer(adapter: VLMAdapter, image: Any, question: str, answer: str | N
                  answer=text, token_ids=answer_ids, token_texts=pieces, token_offsets=offsets, span=span,
                  positions=positions, attention=attention, relevancy=rel, patch_relevancy=patch_rel,
                  relevancy_image_share=share, lens=lens, views=views, images=images, generated=generated,
-                 geometry=geometry)
+                 geometry=geometry, image_positions=image_pos.tolist())

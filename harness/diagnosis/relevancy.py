@@ -73,8 +73,9 @@ def qformer_relevancy(self_cams: Sequence[torch.Tensor], cross_cams: Sequence[to
 
 
 def answer_relevancy(adapter: VLMAdapter, cap: Captured, logits: torch.Tensor, answer_ids: list[int],
-               positions: list[int], span: tuple[int, int], geometry: dict):
-    """Decoder relevancy [T, span], its image share per token, and vision-side relevancy per view."""
+               positions: list[int], image_pos: torch.Tensor, geometry: dict):
+    """Decoder relevancy [T, span] of the image tokens at `image_pos` (in order), its image share per token,
+    and vision-side relevancy per view."""
     tensors = cap.decoder + cap.vision + cap.qformer_self + cap.qformer_cross
     nd, nv, nqs = len(cap.decoder), len(cap.vision), len(cap.qformer_self)
     has_cross = [getattr(layer, "has_cross_attention", False) for layer in adapter.site("qformer").encoder.layer] \
@@ -84,7 +85,7 @@ def answer_relevancy(adapter: VLMAdapter, cap: Captured, logits: torch.Tensor, a
         grads = torch.autograd.grad(logits[q, tok], tensors, retain_graph=True, allow_unused=True)
         dec_cams = [gradcam(a, g)[0] for a, g in zip(cap.decoder, grads[:nd])]
         v = rollout_row(dec_cams, q)
-        r_img = v[span[0]:span[1]]
+        r_img = v[image_pos.to(v.device)]
         others = v.sum() - v[q]
         shares.append(float(r_img.sum() / others) if others > 0 else 0.0)
         rels.append(r_img.cpu())
@@ -104,6 +105,8 @@ def answer_relevancy(adapter: VLMAdapter, cap: Captured, logits: torch.Tensor, a
             patch_rows.append({"patches": (r @ R_ii[0][off:off + r.numel(), 1:]).reshape(s, s).cpu()})
         elif geometry["kind"] == "anyres":
             patch_rows.append(_anyres_vision_relevancy(geometry, r_img, R_ii))
+        elif geometry["kind"] == "tiles":
+            patch_rows.append(_tiles_vision_relevancy(geometry, r_img, R_ii))
     patch_rel = {k: torch.stack([p[k] for p in patch_rows]) for k in (patch_rows[0] if patch_rows else {})}
     return torch.stack(rels), shares, patch_rel
 
@@ -146,3 +149,23 @@ def _bilinear_adjoint(values: torch.Tensor, size: tuple[int, int]) -> torch.Tens
         y = torch.nn.functional.interpolate(x, list(values.shape), mode="bilinear")
         (grad,) = torch.autograd.grad(y, x, grad_outputs=values.detach().float()[None, None])
     return grad[0, 0]
+
+
+def _tiles_vision_relevancy(g: dict, r_img: torch.Tensor, R_ii: torch.Tensor) -> dict:
+    """Idefics3 / SmolVLM: each tile (then the global image) is its own encoder pass (no CLS); a token is the
+    pixel shuffle of a ``scale x scale`` patch block, whose patches share its relevancy equally. Each tile's patch
+    relevancy (through its encoder rollout) is summed back over the blocks, shown at the token grids of the
+    ``tiles`` and ``global`` views."""
+    s, rows, cols, k = g["side"], g["rows"], g["cols"], g["scale"]
+    p = s * k
+    tok = r_img.reshape(rows * cols + 1, s, s)
+    out = []
+    for t in range(tok.shape[0]):
+        patches = tok[t].repeat_interleave(k, 0).repeat_interleave(k, 1).reshape(-1) / (k * k)
+        pushed = (patches @ R_ii[t]).view(s, k, s, k).sum((1, 3)) if t < R_ii.shape[0] else torch.zeros(s, s)
+        out.append(pushed.to(r_img.device))
+    res = {}
+    if rows * cols:
+        res["tiles"] = torch.stack(out[:-1]).view(rows, cols, s, s).transpose(1, 2).reshape(rows * s, cols * s).cpu()
+    res["global"] = out[-1].cpu()
+    return res

@@ -10,6 +10,10 @@ Each model family computes its layout (`ModelFamily.span_geometry`); this module
   image (the unpadded tile grid covers it exactly). Vision-encoder relevancy is computed per crop and
   reassembled the same way. LLaVA-OneVision has the same layout (SigLIP: no CLS row in the encoder,
   ``vit_offset`` 0), its tile grid bilinearly shrunk when too large (``rows`` x ``cols`` < ``unpad``'s shape);
+- Idefics3 / SmolVLM: the image tokens are not contiguous (text tokens separate the tiles); the "span" is the
+  image positions in order: ``rows x cols`` tiles of ``side x side`` tokens each (row-major), then the global
+  image (``side x side``): view ``tiles`` (the tile grids side by side) and view ``global``, both over the
+  original image (the tiles cover the whole image, resized; the global image is the whole image, resized);
 - BLIP-2 / InstructBLIP: the span holds the Q-Former's query tokens, which do not map to patches:
   view ``queries`` is a bar per query token; view ``patches`` pushes the per-query values through the
   Q-Former (attention: its cross-attention averaged over layers and heads; relevancy: the Q-Former
@@ -31,7 +35,7 @@ from harness.models.adapter import VLMAdapter
 class View:
     """One way of showing a map over the image span: a grid of cells, drawn over an image or as bars."""
 
-    name: str  # "patches" | "base" | "tiles" | "queries" | "tokens"
+    name: str  # "patches" | "base" | "tiles" | "global" | "queries" | "tokens"
     rows: int
     cols: int
     overlay: str | None  # image it is drawn over: "model" (processed image), "original", or None (bars)
@@ -56,6 +60,10 @@ def span_views(geometry: dict) -> list[View]:
     if kind == "patch_grid":
         return [View("patches", geometry["rows"], geometry["cols"], "model",
                      "merged patches (each token 2x2 ViT patches) over the resized image")]
+    if kind == "tiles":
+        s, rows, cols = geometry["side"], geometry["rows"], geometry["cols"]
+        views = [View("tiles", rows * s, cols * s, "original", f"{rows}x{cols} tiles")] if rows * cols else []
+        return views + [View("global", s, s, "original", "global image (whole image, resized)")]
     if kind == "queries":
         s = geometry["side"]
         return [View("queries", 1, geometry["n"], None, "Q-Former query tokens"),
@@ -80,6 +88,15 @@ def to_views(geometry: dict, values: torch.Tensor, qformer_map: torch.Tensor | N
         return {"base": base, "tiles": tiles}
     if kind == "patch_grid":
         return {"patches": values.reshape(*lead, geometry["rows"], geometry["cols"])}
+    if kind == "tiles":
+        s, rows, cols = geometry["side"], geometry["rows"], geometry["cols"]
+        n = rows * cols * s * s
+        out = {}
+        if n:
+            tiles = values[..., :n].reshape(*lead, rows, cols, s, s).transpose(-3, -2)
+            out["tiles"] = tiles.reshape(*lead, rows * s, cols * s)
+        out["global"] = values[..., n:].reshape(*lead, s, s)
+        return out
     if kind == "queries":
         out = {"queries": values.reshape(*lead, 1, geometry["n"])}
         if qformer_map is not None:

@@ -119,8 +119,14 @@ class VLMAdapter:
         """Boolean [batch, seq] mask of the positions that hold image features (the family decides which)."""
         return self.spec.image_token_mask(self, input_ids)
 
+    def image_positions(self, input_ids: torch.Tensor) -> list[torch.Tensor]:
+        """Per row, the positions that hold image features, in order (contiguous or not: Idefics3's tiles are
+        separated by text tokens)."""
+        return [row.nonzero().flatten() for row in self.image_token_mask(input_ids)]
+
     def image_spans(self, input_ids: torch.Tensor) -> list[tuple[int, int]]:
-        """Per row, the [start, end) span of image-token positions (they are contiguous in every family)."""
+        """Per row, the [start, end) span of image-token positions; a ValueError where they are not contiguous
+        (use `image_positions` there)."""
         spans = []
         for row in self.image_token_mask(input_ids):
             idx = row.nonzero().flatten()
