@@ -70,7 +70,7 @@ def relative_top_filter(scores: torch.Tensor, base: torch.Tensor, relative_top: 
     """(log p_final, log p_premature) with the tokens below the relative-top threshold filtered."""
     s = scores.log_softmax(dim=-1)
     b = base.log_softmax(dim=-1)
-    min_thresh = torch.sort(s, descending=True).values[..., min_tokens_to_keep - 1]
+    min_thresh = torch.topk(s, min_tokens_to_keep, dim=-1).values[..., -1]  # = sort(s, descending)[k - 1]
     thresh = torch.min(min_thresh, s.max(dim=-1).values + math.log(relative_top)).unsqueeze(-1)
     low = s < thresh
     return s.masked_fill(low, filter_value), b.masked_fill(low, base_filter_value)

@@ -91,6 +91,14 @@ class Icd(ContrastiveIntervention, Intervention):
     name = "icd"
     strength_key = "alpha"
 
+    def params(self) -> dict:
+        """The parameters, with the chosen disturbance text in place of the prompt list and index."""
+        p = super().params()
+        p.pop("prompts", None)
+        p.pop("prompt_index", None)
+        p["prompt"] = self.disturbance()
+        return dict(sorted(p.items()))
+
     def disturbance(self) -> str:
         """The chosen disturbance prompt."""
         prompts, i = list(self.cfg["prompts"]), int(self.cfg["prompt_index"])

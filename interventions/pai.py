@@ -96,6 +96,10 @@ class Pai(Intervention):
     name = "pai"
     strength_key = "alpha"
 
+    def model_defaults(self, model: Any) -> dict:
+        """`end_layer: null` -> the model's number of decoder blocks (the reference's 32 on LLaVA-1.5-7B)."""
+        return {"end_layer": int(model.num_layers)}
+
     def layers(self, adapter: Any) -> list[int]:
         """The amplified blocks in this model."""
         return layer_range(self.name, int(self.cfg["start_layer"]), self.cfg["end_layer"], adapter.num_layers)
