@@ -1,6 +1,6 @@
 """One contrastive-decoding engine for every family: the original and a contrastive view decoded together.
 
-Used by `damro` and `vcd` through `GenerationPlan.generate_fn`. An intervention supplies the two views of a
+Used by `damro`, `vcd`, `icd`, `m3id` and `pai` (its guidance) through `GenerationPlan.generate_fn`. An intervention supplies the two views of a
 batch (`View`: left-padded prompt ids, their mask and the family's image encoding of the rows' images, see
 `interventions.contrastive_views`); the engine then
 
@@ -51,8 +51,8 @@ from interventions.contrastive_views import (View, batch_view, encode, left_pad,
                                              stack_views, text_only_view, views_from_pixels)
 
 __all__ = ["ContrastiveIntervention", "View", "active_rows", "batch_view", "build_processors", "contrast_logits",
-           "contrastive_generate", "encode", "left_pad", "no_image_view", "shrink_image_tokens", "stack_views", "text_only_view",
-           "views_from_pixels"]
+           "contrastive_generate", "encode", "left_pad", "no_image_view", "shrink_image_tokens", "stack_views",
+           "text_only_view", "views_from_pixels"]
 
 _ACTIVE_ROWS: ContextVar = ContextVar("contrastive_rows", default=None)
 _EXTRA_KEYS = {"max_new_tokens", "pad_token_id", "eos_token_id", "repetition_penalty", "min_new_tokens",
@@ -142,7 +142,8 @@ def contrastive_generate(adapter: Any, input_ids: torch.Tensor, views: Sequence[
 
     strategy = decoding_node(decoding)["strategy"]
     if strategy == "beam" or int(extra.get("num_beams") or 1) > 1:
-        raise NotImplementedError("contrastive decoding (damro, vcd, pai, icd, m3id) supports decoding.strategy greedy and sample, "
+        raise NotImplementedError("contrastive decoding (damro, vcd, pai, icd, m3id) supports decoding.strategy "
+                                  "greedy and sample, "
                                   "not beam search")
     kw = generation_kwargs(decoding, adapter.tokenizer)
     kw.update(extra)

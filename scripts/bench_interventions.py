@@ -4,7 +4,8 @@
                                           [--repeats 7] [--threads 1] [--device cpu]
 
 The same `--batch` items (the shipped COCO images, cycled, with varied questions) are answered by every
-intervention (none, head_guide, damro, vcd, pai, icd, m3id, dola) with greedy decoding of exactly `--max-new-tokens` tokens
+intervention (none, head_guide, damro, vcd, pai, icd, m3id, dola) with greedy decoding of exactly
+`--max-new-tokens` tokens
 (min_new_tokens = max_new_tokens, so an early EOS cannot shorten one run). `--models` defaults to the tiny
 model of every registered family; a method that cannot run on a family prints its reason instead of a row.
 Time is CPU time of this process (`time.process_time`; on a GPU, wall time after synchronising), which a

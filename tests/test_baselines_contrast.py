@@ -277,7 +277,8 @@ def test_dola_first_step_equals_reference_formula(tiny_adapters, coco_images, na
         for i in range(3):
             row = _row(a, b, i)
             out = a.model(**row, output_hidden_states=True)
-            hs = out.language_model_outputs.hidden_states if hasattr(out, "language_model_outputs") else out.hidden_states
+            lm_out = out.language_model_outputs if hasattr(out, "language_model_outputs") else out  # BLIP-2: nested
+            hs = lm_out.hidden_states
             prem = [head(norm(hs[j][0, -1]) if final_norm else hs[j][0, -1]).float() for j in layers]
             s = _dola_reference(out.logits[0, -1].float(), prem, 0.1)
             # the repetition penalty on the prompt's tokens as `generate` passes them (left padding included)
@@ -329,6 +330,23 @@ def test_batch4_equals_batch1(tiny_adapters, coco_images, method, name):
     full = rows(_generate(iv, a, a.prepare(coco_images[:4], QUESTIONS), GREEDY))
     alone = [rows(_generate(iv, a, a.prepare([coco_images[i]], [QUESTIONS[i]]), GREEDY))[0] for i in range(4)]
     assert full == alone
+
+
+# ---- composition ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("method", ["dola", "icd", "pai"])
+def test_composes_with_head_guide(tiny_adapters, coco_images, method):
+    a = tiny_adapters["tiny_llava"]
+    b = a.prepare(coco_images[:2], QUESTIONS[:2])
+    alone = _generate(_make(method, a, **ON[method]), a, b, GREEDY)
+
+    def compose(alpha):
+        iv = build_intervention({"name": "compose", "members": [{"name": "head_guide", "alpha": alpha},
+                                                                 {"name": method, **ON[method]}]})
+        iv.setup(a)
+        return _generate(iv, a, b, GREEDY)
+
+    assert torch.equal(compose(0.0), alone)
+    assert not torch.equal(compose(20.0), alone)
 
 
 # ---- refusals ----------------------------------------------------------------------------------------------------
