@@ -20,7 +20,8 @@ Reference behaviour (github.com/LALBJ/PAI):
   img_start_idx:img_end_idx] = attn_weights[...].abs() * self.alpha + attn_weights[...]` after the mask was
   added (0 on the image span of the last row) and before the fp32 softmax, in the model dtype; every head
   on its own (no head mean, unlike head_guide). Applied at every forward of the conditional model, so at
-  prefill (last prompt token) and at each decoding step; `llama_modify(model, start_layer, end_layer, ...)`
+  prefill (last prompt token) and at each decoding step (with the KV cache, so every generated token's cached
+  keys/values come from the forward where it was the amplified last row); `llama_modify(model, start_layer, end_layer, ...)`
   patches `range(start_layer, end_layer)` (end exclusive); README / `chair_eval.py` / `pope_eval.py`:
   `--start-layer 2 --end-layer 32` on LLaVA-1.5-7B, i.e. every block but the first two. Here `end_layer: null`
   = the model's number of blocks. The image columns are each row's image positions as the family defines

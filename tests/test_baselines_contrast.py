@@ -110,15 +110,16 @@ def _pai_reference_attention(alpha, layers, spans, state):
     return fn
 
 
-@pytest.mark.parametrize("name", ["tiny_llava", "tiny_llava_onevision"])
-def test_pai_first_step_equals_reference_formula(tiny_adapters, coco_images, name):
+@pytest.mark.parametrize("name,skip_prefill", [("tiny_llava", False), ("tiny_llava_onevision", False),
+                                               ("tiny_llava", True)])
+def test_pai_first_step_equals_reference_formula(tiny_adapters, coco_images, name, skip_prefill):
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
     a = tiny_adapters[name]
     b = a.prepare(coco_images[:3], QUESTIONS[:3])
     alpha, gamma = 2.0, 1.5
-    iv = _make("pai", a, alpha=alpha, gamma=gamma, start_layer=1)
+    iv = _make("pai", a, alpha=alpha, gamma=gamma, start_layer=1, reference_cfg_prefill=skip_prefill)
     rec = _Recorder()
     tok = _generate(iv, a, b, ONE, [rec])[:, 0]
     layers = set(range(1, a.num_layers))
@@ -134,7 +135,7 @@ def test_pai_first_step_equals_reference_formula(tiny_adapters, coco_images, nam
             for i in range(3):
                 row = _row(a, b, i)
                 spans[0] = a.image_spans(row["input_ids"])[0]
-                state["on"] = True
+                state["on"] = not skip_prefill  # the reference's use_cfg flag is still set at the prefill
                 lp = torch.log_softmax(a.model(**row).logits[0, -1].float(), -1)
                 state["on"] = False
                 lu = torch.log_softmax(a.spec.language_model(a)(**_text_only(a, row)).logits[0, -1].float(), -1)
@@ -363,3 +364,115 @@ def test_bad_layers_and_beam_search_are_clear_errors(tiny_adapters, coco_images)
             _generate(_make(method, a, **ON[method]), a, b, beam)
     # PAI without the guidance is plain generate with the attention edit: beam search works
     assert _generate(_make("pai", a, alpha=0.5, gamma=1.0), a, b, beam).shape[0] == 1
+
+
+# ---- 16 greedy tokens against a cache-free reference loop --------------------------------------------------------
+def _extend(inputs, tokens):
+    ids = torch.cat([inputs["input_ids"], torch.tensor([tokens], dtype=inputs["input_ids"].dtype)], 1)
+    return {**inputs, "input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+def _reference_greedy(a, step_scores, n):
+    """Greedy tokens of a reference formula recomputed from full forwards (no cache) at every step."""
+    eos = a.spec.language_model(a).generation_config.eos_token_id
+    eos = set(eos if isinstance(eos, list) else [eos])
+    out = []
+    for step in range(n):
+        tok = int(step_scores(out, step).argmax())
+        out.append(tok)
+        if tok in eos:
+            break
+    return out
+
+
+@pytest.mark.parametrize("method", ["icd", "m3id", "dola"])
+def test_16_greedy_tokens_equal_reference_loop(tiny_adapters, coco_images, method):
+    a = tiny_adapters["tiny_llava"]
+    b = a.prepare(coco_images[:2], QUESTIONS[:2])
+    cfg = {"icd": {"alpha": 1.0}, "m3id": {"lam": 0.3}, "dola": {"layers": [0, 2], "repetition_penalty": 1.2}}[method]
+    iv = _make(method, a, **cfg)
+    got = _generate(iv, a, b, {"strategy": "greedy", "max_new_tokens": 16})
+    lm = a.spec.language_model(a)
+    for i in range(2):
+        row = _row(a, b, i)
+        text = iv.cfg["prompts"][iv.cfg["prompt_index"]] if method == "icd" else None
+        if method == "icd":
+            msgs = [{"role": "system", "content": [{"type": "text", "text": text}]},
+                    {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTIONS[i]}]}]
+            prompt = a.processor.apply_chat_template(msgs, add_generation_prompt=True)
+            other = a.to_model(a.processor(images=[coco_images[i]], text=[prompt], return_tensors="pt"))
+        else:
+            other = _text_only(a, row)
+
+        def scores(toks, step):
+            with torch.inference_mode():
+                out = a.model(**_extend(row, toks), output_hidden_states=True)
+                lo = out.logits[0, -1].float()
+                if method == "icd":
+                    return _vcd_formula(lo, a.model(**_extend(other, toks)).logits[0, -1].float(), 1.0, 0.1)
+                if method == "m3id":
+                    w = math.exp(0.3 * (step + 1)) - 1
+                    lc = torch.log_softmax(lo, -1)
+                    return lc + w * (lc - torch.log_softmax(lm(**_extend(other, toks)).logits[0, -1].float(), -1))
+                norm, head = a.site("final_norm"), a.site("lm_head")
+                prem = [head(norm(out.hidden_states[j][0, -1])).float() for j in (0, 2)]
+                s = _dola_reference(lo, prem, 0.1)
+                seen = torch.unique(torch.cat([b.inputs["input_ids"][i], torch.tensor(toks, dtype=torch.long)]))
+                g = s[seen]
+                s[seen] = torch.where(g < 0, g * 1.2, g / 1.2)
+                return s
+
+        ref = _reference_greedy(a, scores, 16)
+        assert got[i, :len(ref)].tolist() == ref
+
+
+def test_pai_16_greedy_tokens_equal_reference_loop(tiny_adapters, coco_images):
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+    a = tiny_adapters["tiny_llava"]
+    b = a.prepare(coco_images[:2], QUESTIONS[:2])
+    alpha, gamma = 3.0, 1.5
+    got = _generate(_make("pai", a, alpha=alpha, gamma=gamma, start_layer=1), a, b,
+                    {"strategy": "greedy", "max_new_tokens": 16})
+    spans, state = [None], {"on": True}
+    AttentionInterface.register("test_pai_ref", _pai_reference_attention(alpha, set(range(1, a.num_layers)), spans,
+                                                                         state))
+    AttentionMaskInterface.register("test_pai_ref", eager_mask)
+    config = a.decoder_layers()[0].get_submodule(a.site_path("attention")).config
+    saved = config._attn_implementation
+    config._attn_implementation_internal = "test_pai_ref"
+    try:
+        for i in range(2):
+            row = _row(a, b, i)
+            spans[0] = a.image_spans(row["input_ids"])[0]
+            text = _text_only(a, row)
+
+            caches = {}
+
+            def forward(key, inputs, toks):
+                # as the reference's generate + CFGLogits: each prompt keeps its own KV cache, so every generated
+                # token's keys/values were computed when it was the (amplified) last row
+                if not toks:
+                    out = (a.model if key == "cond" else a.spec.language_model(a))(**inputs, use_cache=True)
+                else:
+                    n = inputs["input_ids"].shape[1] + len(toks)
+                    out = a.spec.language_model(a)(input_ids=torch.tensor([[toks[-1]]]), cache=caches[key],
+                                                   attention_mask=torch.ones(1, n, dtype=torch.long),
+                                                   use_cache=True)
+                caches[key] = out.cache
+                return torch.log_softmax(out.logits[0, -1].float(), -1)
+
+            def scores(toks, step):
+                with torch.inference_mode():
+                    state["on"] = True
+                    lp = forward("cond", row, toks)
+                    state["on"] = False
+                    lu = forward("uncond", text, toks)
+                cutoff = torch.log(torch.tensor(0.1)) + lp.max()
+                return (gamma * (lp - lu) + lu).masked_fill(lp < cutoff, -math.inf)
+
+            ref = _reference_greedy(a, scores, 16)
+            assert got[i, :len(ref)].tolist() == ref
+    finally:
+        config._attn_implementation_internal = saved
