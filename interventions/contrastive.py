@@ -1,6 +1,6 @@
 """One contrastive-decoding engine for every family: the original and a contrastive view decoded together.
 
-Used by `damro` and `vcd` through `GenerationPlan.generate_fn`. An intervention supplies the two views of a
+Used by `damro`, `vcd`, `icd`, `m3id` and `pai` (its guidance) through `GenerationPlan.generate_fn`. An intervention supplies the two views of a
 batch (`View`: left-padded prompt ids, their mask and the family's image encoding of the rows' images, see
 `interventions.contrastive_views`); the engine then
 
@@ -42,17 +42,17 @@ The view builders live in `interventions.contrastive_views` and are re-exported 
 from __future__ import annotations
 
 from contextvars import ContextVar
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
 from harness.models.adapter import generation_kwargs
-from interventions.contrastive_views import (View, batch_view, encode, left_pad, shrink_image_tokens, stack_views,
-                                             text_only_view, views_from_pixels)
+from interventions.contrastive_views import (View, batch_view, encode, left_pad, no_image_view, shrink_image_tokens,
+                                             stack_views, text_only_view, views_from_pixels)
 
 __all__ = ["ContrastiveIntervention", "View", "active_rows", "batch_view", "build_processors", "contrast_logits",
-           "contrastive_generate", "encode", "left_pad", "shrink_image_tokens", "stack_views", "text_only_view",
-           "views_from_pixels"]
+           "contrastive_generate", "encode", "left_pad", "no_image_view", "shrink_image_tokens", "stack_views",
+           "text_only_view", "views_from_pixels"]
 
 _ACTIVE_ROWS: ContextVar = ContextVar("contrastive_rows", default=None)
 _EXTRA_KEYS = {"max_new_tokens", "pad_token_id", "eos_token_id", "repetition_penalty", "min_new_tokens",
@@ -121,12 +121,16 @@ def build_processors(kw: dict, prompt_len: int, eos: list[int], custom: Sequence
 def contrastive_generate(adapter: Any, input_ids: torch.Tensor, views: Sequence[View], decoding: dict,
                          logits_processors: Sequence | None = None, *, alpha: float, beta: float,
                          reference_sampling: bool = False, return_scores: bool = False,
+                         combine: Callable | None = None,
                          **extra: Any) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
     """New token ids [B, new] (padded with pad_token_id after EOS) under contrastive decoding.
 
     `views` = (original, contrastive), each with B rows; `input_ids` are the original prompt ids (what
     logits processors see, followed by the generated tokens). `return_scores=True` also returns the
     per-step processed scores [B, V] of the rows (the distribution each token was chosen from).
+    `combine(lo, lc, step) -> scores` replaces `contrast_logits(lo, lc, alpha, beta)` (float32 last-position
+    logits of the original and contrastive rows, step 0 = the first new token): a method with its own formula
+    (PAI's guidance in log-probabilities, M3ID's time-decaying weight); processors and warpers follow as usual.
     """
     if len(views) != 2:
         raise ValueError(f"contrastive decoding needs exactly 2 views (original, contrastive), got {len(views)}")
@@ -138,7 +142,8 @@ def contrastive_generate(adapter: Any, input_ids: torch.Tensor, views: Sequence[
 
     strategy = decoding_node(decoding)["strategy"]
     if strategy == "beam" or int(extra.get("num_beams") or 1) > 1:
-        raise NotImplementedError("contrastive decoding (damro, vcd) supports decoding.strategy greedy and sample, "
+        raise NotImplementedError("contrastive decoding (damro, vcd, pai, icd, m3id) supports decoding.strategy "
+                                  "greedy and sample, "
                                   "not beam search")
     kw = generation_kwargs(decoding, adapter.tokenizer)
     kw.update(extra)
@@ -157,14 +162,17 @@ def contrastive_generate(adapter: Any, input_ids: torch.Tensor, views: Sequence[
         token = _ACTIVE_ROWS.set({"num_views": len(views), "batch_size": b, "input_ids": stacked.input_ids,
                                   "attention_mask": stacked.attention_mask})
         try:
-            ids, scores_out = _decode(adapter, input_ids, stacked, procs, alpha, beta, do_sample, max_new,
+            if combine is None:
+                def combine(lo, lc, step):
+                    return contrast_logits(lo, lc, float(alpha), float(beta))
+            ids, scores_out = _decode(adapter, input_ids, stacked, procs, combine, do_sample, max_new,
                                       pad_id, eos, len(views), return_scores)
         finally:
             _ACTIVE_ROWS.reset(token)
     return (ids, scores_out) if return_scores else ids
 
 
-def _decode(adapter, input_ids, stacked, procs, alpha, beta, do_sample, max_new, pad_id, eos, n_views,
+def _decode(adapter, input_ids, stacked, procs, combine, do_sample, max_new, pad_id, eos, n_views,
             return_scores):
     """The prefill and the token loop of `contrastive_generate` (rows: n_views blocks of B)."""
     spec = adapter.spec
@@ -179,7 +187,7 @@ def _decode(adapter, input_ids, stacked, procs, alpha, beta, do_sample, max_new,
     new_tokens, scores_out = [], []
     for step in range(max_new):
         logits = out.logits[:, -1].to(dtype=torch.float32, device=input_ids.device)
-        scores = contrast_logits(logits[:b], logits[b:2 * b], float(alpha), float(beta))
+        scores = combine(logits[:b], logits[b:2 * b], step)
         scores = procs(seq, scores)
         if do_sample:
             tok = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)

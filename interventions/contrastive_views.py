@@ -60,6 +60,17 @@ def text_only_view(adapter: Any, input_ids: torch.Tensor, attention_mask: torch.
     return View(input_ids, attention_mask, None, {})
 
 
+def no_image_view(adapter: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> View:
+    """The same prompts without their images: every image position (the family's `image_token_mask` and any
+    image placeholder token) removed, rows left-padded again; a text-only view (PAI's and M3ID's
+    unconditioned prompt: the template and question around the image, as the references build it)."""
+    drop = adapter.image_token_mask(input_ids) | (input_ids == adapter.image_token_id)
+    keep = attention_mask.bool() & ~drop
+    rows = [input_ids[i][keep[i]] for i in range(input_ids.shape[0])]
+    ids, mask = left_pad(rows, adapter.tokenizer.pad_token_id)
+    return View(ids, mask.to(attention_mask.dtype), None, {})
+
+
 def shrink_image_tokens(adapter: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                         keep: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Prompt ids with each row's (contiguous) image-token span cut to its first `keep[i]` tokens, left-padded."""

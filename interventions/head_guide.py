@@ -140,6 +140,40 @@ def guide_scores(scores: torch.Tensor, mask: torch.Tensor | None, image_cols: to
     return edited
 
 
+def image_column_fn(adapter: Any, prompt_ids: torch.Tensor):
+    """`columns(rows, length, device)` -> boolean [rows, 1, 1, length] image-key mask for an attention call.
+
+    Rows are the batch's prompt rows (or their beams); inside a decoding engine (`active_rows()`), every view's
+    rows with their own image positions (a text-only view has none). The mask grows by one column per
+    decoding step, so it is built with spare room and sliced.
+    """
+    prompt_mask = adapter.image_token_mask(prompt_ids)
+    stacked: dict = {}
+    masks: dict = {}
+
+    def row_mask(rows: int) -> torch.Tensor:
+        layout = active_rows()
+        if layout is None or rows != layout["input_ids"].shape[0]:
+            return prompt_mask
+        key = id(layout)
+        if key not in stacked:
+            stacked.clear()
+            stacked[key] = adapter.image_token_mask(layout["input_ids"])
+        return stacked[key]
+
+    def columns(rows: int, length: int, device: torch.device) -> torch.Tensor:
+        pm = row_mask(rows)
+        key = (rows, id(pm))
+        cached = masks.get(key)
+        if cached is None or cached.shape[-1] < length:
+            if len(masks) > 8:
+                masks.clear()
+            cached = masks[key] = image_columns(pm.to(device), rows, length + 256)
+        return cached[..., :length]
+
+    return columns
+
+
 @INTERVENTIONS.register("head_guide")
 class HeadGuide(Intervention):
     """Heads-guided attention on the image tokens in the middle layers (Jiang et al., 2024)."""
@@ -213,34 +247,8 @@ class HeadGuide(Intervention):
         if c["alpha"] == 0 and not c["reference_prefill_mask"] and active_implementation(mods[0]) != "eager":
             yield GenerationPlan()  # nothing to add; eager is bit-exact anyway, others could drift
             return
-        prompt_mask = adapter.image_token_mask(batch.inputs["input_ids"])
         alpha, agg, top_k, ref_mask = c["alpha"], c["aggregation"], c["top_k"], c["reference_prefill_mask"]
-
-        stacked: dict = {}
-
-        def row_mask(rows: int) -> torch.Tensor:
-            # Inside a contrastive engine the batch holds every view's rows, each with its own image positions.
-            layout = active_rows()
-            if layout is None or rows != layout["input_ids"].shape[0]:
-                return prompt_mask
-            key = id(layout)
-            if key not in stacked:
-                stacked.clear()
-                stacked[key] = adapter.image_token_mask(layout["input_ids"])
-            return stacked[key]
-
-        masks: dict = {}
-
-        def columns(rows: int, length: int, device: torch.device) -> torch.Tensor:
-            # The column mask only grows by one column per decoding step: build it with spare room once.
-            pm = row_mask(rows)
-            key = (rows, id(pm))
-            cached = masks.get(key)
-            if cached is None or cached.shape[-1] < length:
-                if len(masks) > 8:
-                    masks.clear()
-                cached = masks[key] = image_columns(pm.to(device), rows, length + 256)
-            return cached[..., :length]
+        columns = image_column_fn(adapter, batch.inputs["input_ids"])
 
         def edit(module, scores, mask):
             cols = columns(scores.shape[0], scores.shape[-1], scores.device)

@@ -4,13 +4,15 @@
                                           [--repeats 7] [--threads 1] [--device cpu]
 
 The same `--batch` items (the shipped COCO images, cycled, with varied questions) are answered by every
-intervention (none, head_guide, damro, vcd) with greedy decoding of exactly `--max-new-tokens` tokens
+intervention (none, head_guide, damro, vcd, pai, icd, m3id, dola) with greedy decoding of exactly
+`--max-new-tokens` tokens
 (min_new_tokens = max_new_tokens, so an early EOS cannot shorten one run). `--models` defaults to the tiny
 model of every registered family; a method that cannot run on a family prints its reason instead of a row.
 Time is CPU time of this process (`time.process_time`; on a GPU, wall time after synchronising), which a
 shared machine disturbs far less than wall time. Rounds are interleaved (each round runs every intervention
 once, in rotated order) after one warm-up round; the ratio is the median over rounds of the per-round ratio
-to `none` of the same round (paired). Targets: head_guide <= 1.15x, damro and vcd <= 1.6x; PASS/MISS is
+to `none` of the same round (paired). Targets: head_guide <= 1.15x, damro and vcd <= 1.6x, pai, icd and m3id
+<= 1.3x, dola <= 1.2x (each with its shipped config: pai with its guidance, dola with 'high' layers); PASS/MISS is
 printed per target (the exit code is 0 either way: timings depend on the machine).
 Beam-search engines (opera) are timed in a second group against plain beam search with the same beams
 (`none (beam N)`, `--beams`, default 5 as OPERA's README), same fixed length; target opera <= 1.5x.
@@ -27,16 +29,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
-import yaml  # noqa: E402
 
 from harness.registry import INTERVENTIONS  # noqa: E402
 from harness.runner import generate_with_plan  # noqa: E402
 from interventions.base import build_intervention  # noqa: E402
 
-TARGETS = {"head_guide": 1.15, "damro": 1.6, "vcd": 1.6}
+TARGETS = {"head_guide": 1.15, "damro": 1.6, "vcd": 1.6, "pai": 1.3, "icd": 1.3, "m3id": 1.3, "dola": 1.2}
 BEAM_TARGETS = {"opera": 1.5}
 BEAM_METHODS = ("opera",)
-METHODS = ("head_guide", "damro", "vcd")
+METHODS = ("head_guide", "damro", "vcd", "pai", "icd", "m3id", "dola")
 QUESTIONS = ["Please describe this image in detail.", "Is there a dog in the image?",
              "What is the man holding?", "Is there a car in the image? Please answer this question with one word.",
              "Generate a short caption of this image.", "How many people are there?",
@@ -58,10 +59,7 @@ def intervention_configs(methods=METHODS) -> dict:
         if name not in names:
             print(f"# {name}: not registered, skipped")
             continue
-        path = ROOT / "configs" / "intervention" / f"{name}.yaml"
-        cfg = yaml.safe_load(path.read_text()) if path.exists() else {"name": name}
-        cfg.pop("defaults", None)  # the Hydra schema line; build_intervention types the values itself
-        cfgs[name] = cfg
+        cfgs[name] = {"name": name}  # build_intervention starts from configs/intervention/<name>.yaml
     return cfgs
 
 

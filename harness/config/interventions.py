@@ -67,6 +67,50 @@ class VcdConfig(InterventionConfig):
 
 
 @dataclass
+class PaiConfig(InterventionConfig):
+    """PAI image-attention amplification + no-image guidance (interventions/pai.py)."""
+
+    alpha: float = rule(ge=0, finite=True)
+    gamma: float = rule(ge=0, finite=True)
+    beta: float = rule(ge=0, le=1, finite=True)
+    start_layer: int = rule(ge=0)
+    end_layer: Optional[int] = rule(ge=1)
+    reference_cfg_prefill: bool = MISSING
+
+
+@dataclass
+class IcdConfig(InterventionConfig):
+    """Instruction contrastive decoding (interventions/icd.py)."""
+
+    alpha: float = rule(ge=0, finite=True)
+    beta: float = rule(ge=0, le=1, finite=True)
+    prompts: List[str] = MISSING
+    prompt_index: int = rule(ge=0)
+    placement: Optional[str] = rule(choices=("system", "question", "qformer"))
+    qformer_with_question: bool = MISSING
+    reference_sampling: bool = MISSING
+
+
+@dataclass
+class M3idConfig(InterventionConfig):
+    """M3ID mutual-information decoding against the no-image prompt (interventions/m3id.py)."""
+
+    lam: float = rule(ge=0, finite=True)
+    t_start: int = rule(ge=0)
+
+
+@dataclass
+class DolaConfig(InterventionConfig):
+    """DoLa layer-contrast decoding (interventions/dola.py)."""
+
+    layers: Optional[Any] = MISSING
+    relative_top: float = rule(gt=0, le=1, finite=True)
+    repetition_penalty: Optional[float] = rule(gt=0, finite=True)
+    final_norm: bool = MISSING
+    reference_batch_mean: bool = MISSING
+
+
+@dataclass
 class SteerConfig(InterventionConfig):
     """Latent steering with VTI / VaLSe directions (interventions/steer.py)."""
 
@@ -137,6 +181,10 @@ SCHEMAS: dict[str, type] = {
     "head_guide": HeadGuideConfig,
     "damro": DamroConfig,
     "vcd": VcdConfig,
+    "pai": PaiConfig,
+    "icd": IcdConfig,
+    "m3id": M3idConfig,
+    "dola": DolaConfig,
     "steer": SteerConfig,
     "warn": WarnConfig,
     "first_token_probe": FirstTokenProbeConfig,

@@ -28,6 +28,7 @@ class Batch:
     prompts: list[str]  # the full templated prompts
     images: list[Any] = field(default_factory=list)  # PIL images, in row order
     items: list[Any] = field(default_factory=list)  # the benchmark Items of the rows, when the runner made it
+    questions: list[str] = field(default_factory=list)  # the questions before the template (`prepare`)
 
 
 class VLMAdapter:
@@ -101,7 +102,7 @@ class VLMAdapter:
         """Tokenised, left-padded inputs for a batch of images and questions, on the model's device."""
         prompts = [self.format_prompt(q) for q in questions]
         enc = self.spec.process(self.processor, images, prompts)
-        return Batch(inputs=self.to_model(enc), prompts=prompts, images=list(images))
+        return Batch(inputs=self.to_model(enc), prompts=prompts, images=list(images), questions=list(questions))
 
     def to_model(self, enc: Any) -> dict:
         """Processor output as a dict of tensors on the model's device, floats in the model's dtype."""
