@@ -17,6 +17,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
+# subprocesses a test starts (`python scripts/x.py`, `python -m harness.cli.run`) import this checkout's code,
+# not whichever copy of the package the interpreter has installed
+os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
 TEST_DATA = Path(__file__).resolve().parent / "data"
 
 

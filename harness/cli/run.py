@@ -131,3 +131,7 @@ def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     precheck(sys.argv[1:])
     hydra_main()
+
+
+if __name__ == "__main__":  # `python -m harness.cli.run ...` (what scripts that start runs use)
+    main()

@@ -96,7 +96,7 @@ class JudgeConfig:
 
 @dataclass
 class PairwiseJudgeConfig(JudgeConfig):
-    """`scripts/judge_pairwise.py`: the judge plus the two answer sets it compares (configs/judge.yaml)."""
+    """`halluc-bench-judge`: the judge plus the two answer sets it compares (configs/judge.yaml)."""
 
     answers_a: str = MISSING
     answers_b: str = MISSING
