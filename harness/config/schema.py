@@ -122,3 +122,4 @@ class Config:
     answers_name: Optional[str] = MISSING
     seed: int = MISSING
     results_store: str = MISSING
+    optimized_metric: Optional[str] = MISSING  # a sweep's objective: the job returns this metric of its scores
