@@ -1,5 +1,6 @@
 """Hydra plugins people already run: submitit (Slurm; tested through its local executor) and the Optuna sweeper.
 
+The sweeps run in this process (the launcher itself is what is tested: submitit starts one process per job).
 Both are optional extras (`pip install -e .[slurm,tune]`, also in `dev`); without them these tests skip and
 say which extra to install.
 """
@@ -11,11 +12,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import run_cli
+from conftest import run_in_process
 
 pytestmark = pytest.mark.slow
 
-COMMON = ["model=tiny_llava", "benchmark=smoke", "run.limit=8", "run.num_threads=1", "run.batch_size=4"]
+COMMON = ["model=tiny_llava", "benchmark=smoke", "run.limit=8", "run.num_threads=1", "run.batch_size=4",
+          "benchmark.bootstrap=0"]
 
 
 def _plugin(module: str, extra: str) -> None:
@@ -29,9 +31,9 @@ def _answers(path: Path) -> list[tuple]:
 def test_submitit_local_two_shards_merge_to_the_single_process_answers(tmp_path):
     _plugin("hydra_plugins.hydra_submitit_launcher", "slurm")
     ref = tmp_path / "ref"
-    run_cli([*COMMON, f"hydra.run.dir={ref}", f"results_store={tmp_path / 'ref.jsonl'}"])
+    run_in_process([*COMMON, f"hydra.run.dir={ref}", f"results_store={tmp_path / 'ref.jsonl'}"])
     sweep, store = tmp_path / "sweep", tmp_path / "results.jsonl"
-    run_cli(["-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", "hydra.launcher.cpus_per_task=1",
+    run_in_process(["-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", "hydra.launcher.cpus_per_task=1",
              *COMMON, "run.num_shards=2", "run.shard_id=0,1", f"hydra.sweep.dir={sweep}",
              f"results_store={store}"])
     # the shard keys are not part of the run folder's name: both jobs answer into one folder, the last merges
@@ -49,7 +51,7 @@ def test_submitit_local_two_shards_merge_to_the_single_process_answers(tmp_path)
 def test_optuna_sweep_tunes_on_the_tune_split_and_writes_its_best_parameters(tmp_path):
     _plugin("hydra_plugins.hydra_optuna_sweeper", "tune")
     sweep, store = tmp_path / "sweep", tmp_path / "results.jsonl"
-    proc = run_cli(["-m", "hparams_search=optuna_vcd", "hydra.sweeper.n_trials=3", "model=tiny_llava",
+    printed = run_in_process(["-m", "hparams_search=optuna_vcd", "hydra.sweeper.n_trials=3", "model=tiny_llava",
                     "benchmark=smoke", "run.num_threads=1", "benchmark.bootstrap=0", f"hydra.sweep.dir={sweep}",
                     f"results_store={store}"])
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
@@ -65,4 +67,4 @@ def test_optuna_sweep_tunes_on_the_tune_split_and_writes_its_best_parameters(tmp
     assert len(answered) == 3 and all(a == tune for a in answered) and not tune & test
     # the objective is the metric the config names, read from each job's scores
     values = sorted(r["metrics"]["CHAIRs"] for r in rows)
-    assert best["best_value"] == values[0], (best, values, proc.stdout[-2000:])
+    assert best["best_value"] == values[0], (best, values, printed[-2000:])
