@@ -37,8 +37,10 @@ def run_cli(args: list[str], cwd: Path = ROOT, check: bool = True, timeout: int 
     return proc
 
 
-def run_in_process(args: list[str]) -> str:
-    """`halluc-bench ARGS` (or `python scripts/<x>.py ARGS` when ARGS[0] ends in .py) in this process; its stdout.
+def run_in_process(args: list[str]) -> subprocess.CompletedProcess:
+    """`halluc-bench ARGS` (or `python scripts/<x>.py ARGS` when ARGS[0] ends in .py) in this process.
+
+    Returns what `run_cli` returns for a run that succeeded (`.stdout`: what it printed).
 
     No interpreter start and no re-import of torch and transformers (seconds per run on a shared machine).
     For the runs a test only needs the results of; tests of the command line itself (exit codes, stderr,
@@ -65,7 +67,7 @@ def run_in_process(args: list[str]) -> str:
         GlobalHydra.instance().clear()
     if rc:
         raise AssertionError(f"{' '.join(args)} returned {rc}:\n{out.getvalue()[-3000:]}")
-    return out.getvalue()
+    return subprocess.CompletedProcess(args, 0, out.getvalue(), "")
 
 
 def _tiny_names() -> list[str]:

@@ -51,7 +51,7 @@ def test_submitit_local_two_shards_merge_to_the_single_process_answers(tmp_path)
 def test_optuna_sweep_tunes_on_the_tune_split_and_writes_its_best_parameters(tmp_path):
     _plugin("hydra_plugins.hydra_optuna_sweeper", "tune")
     sweep, store = tmp_path / "sweep", tmp_path / "results.jsonl"
-    printed = run_in_process(["-m", "hparams_search=optuna_vcd", "hydra.sweeper.n_trials=3", "model=tiny_llava",
+    proc = run_in_process(["-m", "hparams_search=optuna_vcd", "hydra.sweeper.n_trials=3", "model=tiny_llava",
                     "benchmark=smoke", "run.num_threads=1", "benchmark.bootstrap=0", f"hydra.sweep.dir={sweep}",
                     f"results_store={store}"])
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
@@ -67,4 +67,4 @@ def test_optuna_sweep_tunes_on_the_tune_split_and_writes_its_best_parameters(tmp
     assert len(answered) == 3 and all(a == tune for a in answered) and not tune & test
     # the objective is the metric the config names, read from each job's scores
     values = sorted(r["metrics"]["CHAIRs"] for r in rows)
-    assert best["best_value"] == values[0], (best, values, printed[-2000:])
+    assert best["best_value"] == values[0], (best, values, proc.stdout[-2000:])

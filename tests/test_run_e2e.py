@@ -9,8 +9,6 @@ import time
 
 import pytest
 
-from types import SimpleNamespace
-
 from conftest import ROOT, run_cli, run_in_process
 
 BASE = ["model=tiny_llava", "benchmark=smoke", "run.num_threads=1"]
@@ -24,8 +22,7 @@ def _answers(run_dir):
 def reference_run(tmp_path_factory):
     """One uninterrupted single-process default run."""
     d = tmp_path_factory.mktemp("ref")
-    out = run_in_process([*BASE, f"hydra.run.dir={d}", f"results_store={d / 'results.jsonl'}"])
-    return d, SimpleNamespace(stdout=out)
+    return d, run_in_process([*BASE, f"hydra.run.dir={d}", f"results_store={d / 'results.jsonl'}"])
 
 
 def test_default_run_scores_and_prints_leaderboard(reference_run):
@@ -50,6 +47,7 @@ def test_default_run_scores_and_prints_leaderboard(reference_run):
     assert "benchmarks/data/images/COCO_val2014_000000060623.jpg" in prov["dataset"]["files"]
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_loses_and_duplicates_nothing(reference_run, tmp_path):
     ref_dir, _ = reference_run
     d = tmp_path / "run"
@@ -84,6 +82,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_process_torchrun_equals_single_process_and_stores_one_row(reference_run, tmp_path):
     ref_dir, _ = reference_run
     d = tmp_path / "sharded"
@@ -116,6 +115,7 @@ def test_two_process_torchrun_equals_single_process_and_stores_one_row(reference
     assert len(store.read_text().splitlines()) == 1 and _answers(d) == merged
 
 
+@pytest.mark.slow
 def test_two_runs_on_one_run_dir_one_refuses_and_the_dir_stays_scorable(reference_run, tmp_path):
     ref_dir, _ = reference_run
     d, store = tmp_path / "run", tmp_path / "results.jsonl"
@@ -161,7 +161,7 @@ def test_explicit_shards_merge_when_the_last_one_finishes(reference_run, tmp_pat
     assert json.loads((d / "scores.json").read_text())["n"] == 10
     # a shard that reaches the merge after the set was merged and scored (as a second torchrun rank can)
     # scores nothing again: one results row per set of answers
-    out = run_in_process([*common, "run.num_shards=2", "run.shard_id=1"])
+    out = run_in_process([*common, "run.num_shards=2", "run.shard_id=1"]).stdout
     assert "already merged and scored" in out and "scores:" not in out
     assert len((tmp_path / "r.jsonl").read_text().splitlines()) == 1
 
@@ -213,7 +213,7 @@ def test_sweep_rows_land_in_the_store_and_plot(tmp_path):
              "--out", str(png)])
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     out = tmp_path / "lb"
-    printed = run_in_process(["scripts/leaderboard.py", "--store", str(store), "--out", str(out)])
+    printed = run_in_process(["scripts/leaderboard.py", "--store", str(store), "--out", str(out)]).stdout
     assert "| vcd alpha=0 |" in printed and "| vcd |" in printed  # alpha=1 is vcd's default
     assert (out / "leaderboard.html").exists() and (out / "leaderboard.csv").exists()
 
