@@ -117,11 +117,29 @@ class Benchmark(ABC):
         self.cfg = typed_node("benchmark", {"name": self.name, **values}, choice=self.config_choice or self.name)
         if judge is not None:
             self.cfg["judge"] = judge
+        if self.cfg.get("split_role") is not None:  # one side of the fixed tune/test split (benchmarks/split.py)
+            from benchmarks.split import split_items
+
+            full = self.items
+            self.items = lambda: split_items(full(), self.cfg["split_role"], int(self.cfg["split_seed"]),  # type: ignore
+                                             float(self.cfg["tune_fraction"]))
 
     def label(self) -> str:
-        """The benchmark's name plus the config values that distinguish its variants (e.g. pope/coco/random)."""
+        """The benchmark's name plus the config values that distinguish its variants (e.g. pope/coco/random).
+
+        A split run ends in its role (`pope/coco/random/tune`), so tuning scores never share a leaderboard
+        row with reported ones."""
         parts = [str(self.cfg.get(k)) for k in self.label_keys if self.cfg.get(k) is not None]
+        if self.cfg.get("split_role") is not None:
+            parts.append(str(self.cfg["split_role"]))
         return "/".join([self.name] + parts)
+
+    def in_split(self, records: list[dict]) -> list[dict]:
+        """The answer records of this run's side of the tune/test split (all of them without a split)."""
+        if self.cfg.get("split_role") is None:
+            return records
+        keep = {str(it.question_id) for it in self.items()}
+        return [r for r in records if str(r.get("question_id")) in keep]
 
     @abstractmethod
     def items(self) -> list[Item]:

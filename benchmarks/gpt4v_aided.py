@@ -5,7 +5,7 @@ source records share their ``id`` (the 12-digit COCO image id) across the three 
 item's ``question_id`` is ``"<id>_<type>"``, e.g. ``"000000525439_conv"``.
 
 The benchmark cannot be scored on its own: two systems' answers are compared by an LLM judge
-with ``scripts/judge_pairwise.py`` (see ``harness.judge``).
+with ``halluc-bench-judge`` (see ``harness.judge``).
 """
 from __future__ import annotations
 
@@ -63,10 +63,10 @@ class GPT4VAided(Benchmark):
         return out[: int(limit)] if limit is not None else out
 
     def score(self, records: list[dict], source: str = "answers") -> dict:
-        """Only the count: answers are scored by comparing two runs with scripts/judge_pairwise.py."""
+        """Only the count: answers are scored by comparing two runs with halluc-bench-judge."""
         match_ids([it.question_id for it in self.items()], [r["question_id"] for r in records],
                   source, allow_missing=True)
-        return {"n": len(records), "note": "judge with scripts/judge_pairwise.py"}
+        return {"n": len(records), "note": "judge with halluc-bench-judge"}
 
     def load_answers(self, path: str | Path) -> list[dict]:
         """Answer records from the harness's answers JSONL or DAMRO's ``{"id", "prompt", "output"}`` file.

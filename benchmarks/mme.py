@@ -110,11 +110,12 @@ class MME(Benchmark):
 
     def label(self) -> str:
         """'mme', 'mme/hallucination' for the four hallucination subtasks, else 'mme/<subtasks>'."""
+        role = f"/{self.cfg['split_role']}" if self.cfg.get("split_role") is not None else ""
         if not self.explicit_subtasks:
-            return "mme"
+            return "mme" + role
         if set(self.subtasks) == set(HALLUCINATION):
-            return "mme/hallucination"
-        return "mme/" + "+".join(self.subtasks)
+            return "mme/hallucination" + role
+        return "mme/" + "+".join(self.subtasks) + role
 
     def __init__(self, cfg: Mapping[str, Any] | None = None):
         super().__init__(cfg)

@@ -10,6 +10,16 @@ from typing import Any, Mapping
 PACKAGES = ("torch", "transformers", "tokenizers", "nltk", "peft", "halluc-bench")
 #: benchmark config keys that only change the statistics of the scores, never the answers
 SCORING_ONLY_KEYS = ("bootstrap", "bootstrap_seed")
+#: the tune/test split keys (benchmarks/split.py): part of the fingerprint only when a split is chosen, so a
+#: run over all items keeps the fingerprint it had before the split existed
+SPLIT_KEYS = ("split_role", "split_seed", "tune_fraction")
+
+
+def benchmark_fingerprint(benchmark_cfg: Mapping) -> dict:
+    """The benchmark keys that determine the answers (no statistics keys; split keys only when splitting)."""
+    cfg = dict(benchmark_cfg)
+    drop = SCORING_ONLY_KEYS + (SPLIT_KEYS if cfg.get("split_role") is None else ())
+    return {k: v for k, v in cfg.items() if k not in drop}
 
 
 def package_versions() -> dict:
@@ -33,7 +43,7 @@ def make_fingerprint(model_cfg: Mapping, intervention: Any, decoding: Mapping, s
         "decoding": dict(decoding),
         "seed": seed,
         "attn_implementation": model_cfg.get("attn_implementation") or "sdpa",
-        "benchmark": {k: v for k, v in dict(benchmark_cfg).items() if k not in SCORING_ONLY_KEYS},
+        "benchmark": benchmark_fingerprint(benchmark_cfg),
         "versions": package_versions(),
     }
     stable = {k: v for k, v in fp.items() if k != "versions"}

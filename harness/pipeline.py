@@ -96,7 +96,7 @@ def run_job(cfg: DictConfig, run_dir: Path) -> dict | None:
 
 def _score_only(bench: Any, c: dict, run_dir: Path) -> dict:
     """Score an existing answers file (no model), store and print the result."""
-    records = bench.load_answers(c["answers"])
+    records = bench.in_split(bench.load_answers(c["answers"]))
     if not records:
         raise InputFileError(f"answers={c['answers']} holds no answer records; nothing scored, no results row")
     c["model"] = {"name": c.get("answers_name") or answers_label(c["answers"])}

@@ -2,7 +2,7 @@
 
 The model generates as usual; a forward hook on the LM head keeps the logits of the first
 generated token, and a logistic-regression probe (``harness.detect.probe``, trained with
-``scripts/probe_first_token.py``) turns them into P(yes). On yes/no questions the probe's decision
+``halluc-bench-probe``) turns them into P(yes). On yes/no questions the probe's decision
 replaces the answer ("Yes" when P(yes) > threshold, else "No"), as LVLM-LP scores POPE with the
 probe's prediction; the model's own answer is kept in ``intervention_info``::
 
@@ -53,7 +53,7 @@ class FirstTokenProbe(Intervention):
         super().__init__(cfg)
         if not self.cfg.get("probe"):
             raise ValueError("intervention=first_token_probe needs intervention.probe=PATH "
-                             "(a probe JSON written by scripts/probe_first_token.py train)")
+                             "(a probe JSON written by halluc-bench-probe train)")
         if self.cfg["rows"] not in ("auto", "all"):
             raise ValueError(f"intervention.rows={self.cfg['rows']!r}; valid choices: auto, all")
         self.threshold = float(self.cfg["threshold"])

@@ -1,6 +1,6 @@
 """Latent steering: shift decoder / vision hidden states by lam * direction during generation (VTI, VaLSe).
 
-    python scripts/build_steering.py model=llava15_7b steering.method=vti steering.out=outputs/steering/llava_vti
+    halluc-bench-build-steering model=llava15_7b steering.method=vti steering.out=outputs/steering/llava_vti
     python run.py model=llava15_7b intervention=steer intervention.vectors=outputs/steering/llava_vti \
         intervention.lam_text=0.8 intervention.lam_vision=0.9 benchmark=chair
 
@@ -53,7 +53,7 @@ log = logging.getLogger("halluc_bench")
 
 @INTERVENTIONS.register("steer")
 class Steer(Intervention):
-    """Shift decoder and/or vision hidden states by lam * direction (directions from scripts/build_steering.py)."""
+    """Shift decoder and/or vision hidden states by lam * direction (directions from halluc-bench-build-steering)."""
 
     name = "steer"
     strength_key = "lam"
@@ -103,14 +103,14 @@ class Steer(Intervention):
         vectors = self.cfg.get("vectors")
         if not vectors:
             raise ValueError("intervention.vectors is required: the path of directions built with "
-                             "`python scripts/build_steering.py model=... steering.out=PATH`")
+                             "`halluc-bench-build-steering model=... steering.out=PATH`")
         tensors, sidecar = load_steering(vectors)
         self.sidecar = sidecar
         built = sidecar.get("model") or {}
         if built.get("family") != adapter.family:
             raise ValueError(f"steering vectors {vectors} were built for model family {built.get('family')!r} "
                              f"(model {built.get('name')!r}) but the model {adapter.name!r} is family "
-                             f"{adapter.family!r}; build vectors for this model with scripts/build_steering.py")
+                             f"{adapter.family!r}; build vectors for this model with halluc-bench-build-steering")
         if built.get("name") and built.get("name") != adapter.name:
             log.warning("steering vectors %s were built on model %r, applying them to %r", vectors,
                         built.get("name"), adapter.name)

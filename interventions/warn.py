@@ -1,7 +1,7 @@
 """`warn`: flag likely hallucinated object words while generating, without changing the text.
 
-A VAR + MLP detector (``harness.detect``; trained with ``scripts/extract_var.py`` and
-``scripts/train_detector.py``) scores every object word CHAIR finds in the answer. The visual
+A VAR + MLP detector (``harness.detect``; trained with ``halluc-bench-extract-var`` and
+``halluc-bench-train-detector``) scores every object word CHAIR finds in the answer. The visual
 attention ratio of each decoding step is read by forward hooks on the decoder's attention modules
 (eager attention weights; the hooks only read), and a never-stopping stopping criterion records the
 generated ids, so the decoding itself is untouched: the text equals the baseline's exactly.
@@ -41,7 +41,7 @@ class Warn(Intervention):
         super().__init__(cfg)
         if not self.cfg.get("detector"):
             raise ValueError("intervention=warn needs intervention.detector=PATH "
-                             "(a detector trained with scripts/train_detector.py)")
+                             "(a detector trained with halluc-bench-train-detector)")
         self.threshold = float(self.cfg["threshold"])
         self.detector = None
 

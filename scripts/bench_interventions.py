@@ -1,6 +1,6 @@
 """Cost of each intervention relative to plain decoding, measured side by side in one run, on every family.
 
-    python scripts/bench_interventions.py [--models tiny_llava ...] [--batch 8] [--max-new-tokens 32]
+    python -m scripts.bench_interventions [--models tiny_llava ...] [--batch 8] [--max-new-tokens 32]
                                           [--repeats 7] [--threads 1] [--device cpu]
 
 The same `--batch` items (the shipped COCO images, cycled, with varied questions) are answered by every
@@ -21,18 +21,17 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
+import torch
+import yaml
 
-from harness.registry import INTERVENTIONS  # noqa: E402
-from harness.runner import generate_with_plan  # noqa: E402
-from interventions.base import build_intervention  # noqa: E402
+from harness.registry import INTERVENTIONS
+from harness.runner import generate_with_plan
+from interventions.base import build_intervention
 
 TARGETS = {"head_guide": 1.15, "damro": 1.6, "vcd": 1.6, "pai": 1.3, "icd": 1.3, "m3id": 1.3, "dola": 1.2}
 BEAM_TARGETS = {"opera": 1.5}

@@ -1,6 +1,6 @@
 """Cost of the statistics relative to scoring, measured side by side on POPE (3 splits, 9,000 questions).
 
-    python scripts/bench_stats.py [--resamples 1000] [--repeats 3]
+    python -m scripts.bench_stats [--resamples 1000] [--repeats 3]
 
 Times, per repeat (medians reported): `score` (parse and score the answers), `ci` (units + 1,000-resample
 bootstrap of every metric), `compare` (paired bootstrap + permutation test of two runs). Targets: ci <= 2x
@@ -12,17 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from benchmarks.pope import SPLITS, POPE, question_file_path  # noqa: E402
-from harness.stats import compare_units  # noqa: E402
+from benchmarks.pope import SPLITS, POPE, question_file_path
+from harness.stats import compare_units
 
 TARGETS = {"ci": 2.0, "compare": 3.0}
 

@@ -1,7 +1,7 @@
 """kill -9 soak: interrupt a tiny-model run many times at random moments, resume, compare with an uninterrupted run.
 
-    python scripts/soak_kill.py --kills 20                     # reference run + 20 kills + resume (minutes on CPU)
-    python scripts/soak_kill.py --kills 3 --reference DIR      # reuse an uninterrupted run's folder
+    python -m scripts.soak_kill --kills 20                     # reference run + 20 kills + resume (minutes on CPU)
+    python -m scripts.soak_kill --kills 3 --reference DIR      # reuse an uninterrupted run's folder
 
 Each round starts `run.py` on the same run folder, waits until it has written at least one new
 answer, sleeps a random part of one item's time (so kills land before, during and after writes),

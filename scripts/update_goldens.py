@@ -1,20 +1,18 @@
 """Recompute the golden tiny-model scores (tests/golden/tiny_smoke_scores.json) after an intended change.
 
-    python scripts/update_goldens.py                      # all; then review the diff and commit it with the reason
-    python scripts/update_goldens.py --only tiny_qwen2_vl # one family's golden (a new family), the rest kept
+    python -m scripts.update_goldens                      # all; then review the diff and commit it with the reason
+    python -m scripts.update_goldens --only tiny_qwen2_vl # one family's golden (a new family), the rest kept
 """
 from __future__ import annotations
 
 import json
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
-from harness.golden import GOLDEN_FILE, golden_runs, golden_scores, load_goldens  # noqa: E402
+from harness.golden import GOLDEN_FILE, golden_runs, golden_scores, load_goldens
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,9 @@
 """Shared test setup: one torch thread (generation is 10-20x slower with two on a shared machine)."""
 from __future__ import annotations
 
+import contextlib
+import importlib
+import io
 import os
 import subprocess
 import sys
@@ -17,6 +20,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
+# subprocesses a test starts (`python scripts/x.py`, `python -m harness.cli.run`) import this checkout's code,
+# not whichever copy of the package the interpreter has installed
+os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
 TEST_DATA = Path(__file__).resolve().parent / "data"
 
 
@@ -29,6 +35,39 @@ def run_cli(args: list[str], cwd: Path = ROOT, check: bool = True, timeout: int 
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc
+
+
+def run_in_process(args: list[str]) -> subprocess.CompletedProcess:
+    """`halluc-bench ARGS` (or `python scripts/<x>.py ARGS` when ARGS[0] ends in .py) in this process.
+
+    Returns what `run_cli` returns for a run that succeeded (`.stdout`: what it printed).
+
+    No interpreter start and no re-import of torch and transformers (seconds per run on a shared machine).
+    For the runs a test only needs the results of; tests of the command line itself (exit codes, stderr,
+    kill -9, torchrun) use `run_cli`. A failing run raises (its SystemExit or the error)."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    if args and args[0].endswith(".py"):  # a tool: scripts/<x>.py is a shim of harness.cli.<module>:main
+        shim = (ROOT / args[0]).read_text(encoding="utf-8")
+        module = shim.split("from harness.cli.", 1)[1].split(" ", 1)[0]
+        main, argv, hydra_tool = importlib.import_module(f"harness.cli.{module}").main, args[1:], False
+    else:
+        from harness.cli.run import main
+
+        argv, hydra_tool = args, True
+    old = sys.argv
+    sys.argv = ["halluc-bench", *argv] + (["hydra/job_logging=none", "hydra/hydra_logging=none"] if hydra_tool else [])
+    out = io.StringIO()
+    GlobalHydra.instance().clear()
+    try:
+        with contextlib.redirect_stdout(out):
+            rc = main() if hydra_tool else main(argv)
+    finally:
+        sys.argv = old
+        GlobalHydra.instance().clear()
+    if rc:
+        raise AssertionError(f"{' '.join(args)} returned {rc}:\n{out.getvalue()[-3000:]}")
+    return subprocess.CompletedProcess(args, 0, out.getvalue(), "")
 
 
 def _tiny_names() -> list[str]:

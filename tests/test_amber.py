@@ -10,7 +10,7 @@ import pytest
 from benchmarks.amber import Amber
 from benchmarks.amber_metric import amber_score, discriminative_scores, extract_nouns, f1_score, read_answer
 from benchmarks.base import DATA_DIR, AnswerMismatchError
-from conftest import TEST_DATA, run_cli
+from conftest import TEST_DATA, run_in_process
 
 PUBLISHED = json.loads((TEST_DATA / "amber" / "published_table.json").read_text())
 VECTORS = {"dog": [1, 0, 0], "puppy": [0.95, 0.3, 0], "cat": [0, 1, 0], "kitten": [0.1, 1, 0],
@@ -177,7 +177,7 @@ def test_run_py_generates_and_scores(tiny_spacy, tmp_path):
     rows = [{**questions[i - 1], "image": images[k]} for k, i in enumerate(ids)]
     qfile = tmp_path / "amber_small.json"
     qfile.write_text(json.dumps(rows))
-    run_cli(["model=tiny_llava", "benchmark=amber", f"benchmark.question_file={qfile}",
+    run_in_process(["model=tiny_llava", "benchmark=amber", f"benchmark.question_file={qfile}",
              f"benchmark.image_root={DATA_DIR / 'images'}", f"benchmark.spacy_model={tiny_spacy}",
              "benchmark.max_new_tokens=24", "run.limit=4", "run.num_threads=1",
              f"hydra.run.dir={tmp_path / 'run'}", f"results_store={tmp_path / 'r.jsonl'}"])

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from conftest import run_cli, run_in_process
 from harness.compare import compare_runs, format_comparison
 from test_stats import LAVIN, pope_answers
 
@@ -81,17 +81,17 @@ def test_cli_on_run_directories_and_mme_folders(tmp_path):
     a = write(tmp_path / "a.jsonl", recs)
     b = write(tmp_path / "b.jsonl", planted_flip(recs))
     for name, path in (("ra", a), ("rb", b)):
-        run_cli(["benchmark=pope", f"answers={path}", f"hydra.run.dir={tmp_path / name}",
+        run_in_process(["benchmark=pope", f"answers={path}", f"hydra.run.dir={tmp_path / name}",
                  f"results_store={tmp_path / 'r.jsonl'}"])
         assert (tmp_path / name / "units.json").is_file() and (tmp_path / name / "provenance.json").is_file()
     out = tmp_path / "cmp.json"
-    proc = run_cli(["scripts/compare_runs.py", str(tmp_path / "ra"), str(tmp_path / "rb"), "--json", str(out)])
+    proc = run_in_process(["scripts/compare_runs.py", str(tmp_path / "ra"), str(tmp_path / "rb"), "--json", str(out)])
     assert "pope/coco/random/current/llava: B = rb vs A = ra on 3000 paired items" in proc.stdout
     assert "yes-ratio shift" in proc.stdout
     res = json.loads(out.read_text())
     assert res["metrics"]["accuracy"]["diff"] == pytest.approx(-5.0) and res["metrics"]["accuracy"]["p"] < 0.01
     # an MME eval-tool folder against itself, the benchmark given on the command line
-    proc = run_cli(["scripts/compare_runs.py", str(LAVIN), str(LAVIN), "benchmark=mme", "--metrics", "perception",
+    proc = run_in_process(["scripts/compare_runs.py", str(LAVIN), str(LAVIN), "benchmark=mme", "--metrics", "perception",
                     "existence.acc"])
     assert "perception" in proc.stdout and "+0.00" in proc.stdout and "1.0000" in proc.stdout
     bad = run_cli(["scripts/compare_runs.py", str(a), str(tmp_path / "missing.jsonl"), "benchmark=pope"], check=False)

@@ -81,12 +81,9 @@ def test_token_char_spans_and_mention_lookup(tiny_adapters):
 
 
 def test_extract_var_from_answers_file_labels_by_chair(tiny_adapters, tmp_path):
-    import importlib.util
     from pathlib import Path
 
-    spec = importlib.util.spec_from_file_location("extract_var", Path(__file__).parents[1] / "scripts/extract_var.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    import harness.cli.extract_var as mod
     a = tiny_adapters["tiny_llava"]
     # COCO 60623 has bowl, dining table, person, spoon, wine glass; 579664 has banana, bowl
     recs = [{"question_id": "c1", "image": str(IMAGES[0]), "image_id": IMAGES[0].name, "question": CAPTION,
@@ -151,15 +148,12 @@ def test_detector_learns_separable_signal_and_round_trips(tmp_path):
 
 
 def test_train_detector_cli(tmp_path, capsys):
-    import importlib.util
     from pathlib import Path
 
     var, y = _synthetic_var(200, seed=1)
     save_var(tmp_path / "feats", var, y, [], {"model": "synthetic", "num_layers": 4, "num_heads": 4})
-    spec = importlib.util.spec_from_file_location("train_detector", Path(__file__).parents[1] / "scripts/train_detector.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    rep = mod.main(["--features", str(tmp_path / "feats.safetensors"), "--layers", "1-2", "--epochs", "10",
+    import harness.cli.train_detector as mod
+    rep = mod.run(["--features", str(tmp_path / "feats.safetensors"), "--layers", "1-2", "--epochs", "10",
                     "--hidden", "16", "--lr", "0.01", "--out", str(tmp_path / "d"), "--quiet"])
     assert rep["test"]["auroc"] > 0.9
     info = json.loads((tmp_path / "d.json").read_text())
@@ -200,7 +194,6 @@ def test_probe_learns_separable_logits_and_round_trips_json(tmp_path):
 
 
 def test_probe_cli_trains_and_evaluates(tmp_path, capsys):
-    import importlib.util
     from pathlib import Path
 
     from harness.detect.probe import LinearProbe, save_features
@@ -211,14 +204,12 @@ def test_probe_cli_trains_and_evaluates(tmp_path, capsys):
     rows = [{"question_id": i, "image_id": f"im{i // 4}"} for i in range(200)]
     save_features(tmp_path / "tr", torch.tensor(x[:140]), y[:140].tolist(), rows[:140], {"model": "m"})
     save_features(tmp_path / "ev", torch.tensor(x[140:]), y[140:].tolist(), rows[140:], {"model": "m"})
-    spec = importlib.util.spec_from_file_location("probe_first_token", Path(__file__).parents[1] / "scripts/probe_first_token.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    res = mod.main(["train", "--train", str(tmp_path / "tr"), "--eval", str(tmp_path / "ev.safetensors"),
+    import harness.cli.probe_first_token as mod
+    res = mod.run(["train", "--train", str(tmp_path / "tr"), "--eval", str(tmp_path / "ev.safetensors"),
                     "--out", str(tmp_path / "probe.json"), "--max-iter", "500"])
     assert res["eval"]["accuracy"] > 0.9 and res["eval"]["auroc"] > 0.95
     assert LinearProbe.load(tmp_path / "probe.json").meta["metrics"]["eval"]["n"] == 60
-    res2 = mod.main(["train", "--train", str(tmp_path / "tr"), "--out", str(tmp_path / "p2.json")])
+    res2 = mod.run(["train", "--train", str(tmp_path / "tr"), "--out", str(tmp_path / "p2.json")])
     assert res2["eval"]["n"] + res2["train"]["n"] == 140
     assert "AUROC=" in capsys.readouterr().out
 

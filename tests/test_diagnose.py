@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import re
-import runpy
 import sys
 from pathlib import Path
 
@@ -30,12 +29,13 @@ def traces(tiny_adapters, coco_images):
 
 
 def run_script(args: list[str]) -> None:
-    """`python scripts/diagnose.py ARGS`, run in this process (Hydra parses ARGS from sys.argv as on the CLI)."""
-    script = ROOT / "scripts" / "diagnose.py"
+    """`halluc-bench-diagnose ARGS`, run in this process (Hydra parses ARGS from sys.argv as on the CLI)."""
+    from harness.cli.diagnose import main
+
     argv = sys.argv
-    sys.argv = [str(script), *args, "hydra/job_logging=none", "hydra/hydra_logging=none"]
+    sys.argv = ["halluc-bench-diagnose", *args, "hydra/job_logging=none", "hydra/hydra_logging=none"]
     try:
-        runpy.run_path(str(script), run_name="__main__")
+        main()
     finally:
         sys.argv = argv
 

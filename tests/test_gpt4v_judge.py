@@ -117,7 +117,7 @@ def test_items_are_90_unique_ids(items):
     assert rooted[0].image_path == "/coco/val2014/COCO_val2014_000000525439.jpg"
     assert GPT4VAided({"limit": 5}).items() == items[:5]
     assert GPT4VAided({}).score([{"question_id": ids[0], "answer": "x"}]) == {
-        "n": 1, "note": "judge with scripts/judge_pairwise.py"}
+        "n": 1, "note": "judge with halluc-bench-judge"}
 
 
 def test_judge_prompt_verbatim():

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from conftest import run_cli
+from conftest import run_cli, run_in_process
 from harness.leaderboard import (LONG_COLUMNS, benchmark_tables, latest_rows, method_label, to_markdown)
 from harness.results import read_results, setting_label
 from test_compare_runs import planted_flip
@@ -134,7 +134,7 @@ def test_tables_stars_and_markdown(store):
 def test_scripts_leaderboard_csv_html_and_sweep_plot(store):
     tmp, path = store
     out = tmp / "lb"
-    proc = run_cli(["scripts/leaderboard.py", "--store", str(path), "--out", str(out)])
+    proc = run_in_process(["scripts/leaderboard.py", "--store", str(path), "--out", str(out)])
     assert "### pope/coco/random/current/llava" in proc.stdout and "damro alpha=1 topk=10" in proc.stdout
     with open(out / "leaderboard.csv", newline="") as fh:
         rows = list(csv.reader(fh))
@@ -143,7 +143,7 @@ def test_scripts_leaderboard_csv_html_and_sweep_plot(store):
     html = (out / "leaderboard.html").read_text()
     assert html.count("<table class='lb'") == 2 and "data:image/png;base64," in html  # the alpha sweep
     png = tmp / "sweep.png"
-    run_cli(["scripts/plot_sweep.py", "--store", str(path), "--param", "alpha", "--metric", "CHAIRs",
+    run_in_process(["scripts/plot_sweep.py", "--store", str(path), "--param", "alpha", "--metric", "CHAIRs",
              "--intervention", "damro", "--out", str(png)])
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     bad = run_cli(["scripts/plot_sweep.py", "--store", str(path), "--param", "alpha", "--metric", "CHAIRs",
@@ -170,7 +170,7 @@ def test_html_tables_sort_in_headless_chromium(store):
         pytest.skip("chromium is not installed (apt-get install -y chromium)")
     tmp, path = store
     out = tmp / "lb_browser"
-    run_cli(["scripts/leaderboard.py", "--store", str(path), "--out", str(out), "--no-plots"])
+    run_in_process(["scripts/leaderboard.py", "--store", str(path), "--out", str(out), "--no-plots"])
     page = out / "leaderboard.html"
     html = page.read_text()
     tid = re.search(r"<table class='lb' id='([^']+)' data-benchmark='chair/lemma_pos'", html).group(1)

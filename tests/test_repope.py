@@ -9,7 +9,7 @@ from benchmarks.base import DATA_DIR, AnswerMismatchError
 from benchmarks.pope import POPE, SPLITS
 from benchmarks.repope import RePOPE
 from benchmarks.yes_no import parse_repope
-from conftest import TEST_DATA, run_cli
+from conftest import TEST_DATA, run_in_process
 
 # LLaVA-1.5-7B answers to LLaVA's llava_pope_test.jsonl (POPE 2023-08, combined ids; adversarial complete,
 # random 2,712 of 2,910, no popular), published with its POPE scores (see benchmarks/data/SOURCES.md)
@@ -156,7 +156,7 @@ def small_questions(tmp_path):
 
 
 def test_run_py_generates_and_scores(small_questions, tmp_path):
-    run_cli(["model=tiny_llava", "benchmark=repope", f"benchmark.question_file={small_questions}",
+    run_in_process(["model=tiny_llava", "benchmark=repope", f"benchmark.question_file={small_questions}",
              f"benchmark.image_root={DATA_DIR / 'images'}", "run.limit=4", "run.num_threads=1",
              f"hydra.run.dir={tmp_path / 'run'}", f"results_store={tmp_path / 'r.jsonl'}"])
     scores = json.loads((tmp_path / "run" / "scores.json").read_text())
@@ -166,7 +166,7 @@ def test_run_py_generates_and_scores(small_questions, tmp_path):
 
 
 def test_run_py_score_only_on_published_answers(tmp_path):
-    proc = run_cli(["benchmark=repope", "benchmark.split=adversarial", f"answers={LLAVA7B}",
+    proc = run_in_process(["benchmark=repope", "benchmark.split=adversarial", f"answers={LLAVA7B}",
                     f"hydra.run.dir={tmp_path / 'run'}", f"results_store={tmp_path / 'r.jsonl'}"])
     scores = json.loads((tmp_path / "run" / "scores.json").read_text())
     expected = RePOPE({"split": "adversarial"}).score(RePOPE().load_answers(LLAVA7B))

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from benchmarks.base import DATA_DIR
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_cli, run_in_process
 from test_stats import LAVIN, R1, TEST_DATA
 
 PRESETS = ["repro_pope_llava15_7b", "repro_mme_llava15_7b", "repro_chair_llava15_7b"]
@@ -25,7 +25,7 @@ def test_reference_file_names_a_preset_and_source_for_every_value():
 
 
 def test_dry_run_prints_one_command_per_preset(tmp_path):
-    proc = run_cli(["scripts/reproduce.py", "--dry-run", "--out", str(tmp_path), "--set",
+    proc = run_in_process(["scripts/reproduce.py", "--dry-run", "--out", str(tmp_path), "--set",
                     "benchmark.image_root=/coco/val2014"])
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("$ ")]
     assert len(lines) == 3 and all("benchmark.image_root=/coco/val2014" in ln for ln in lines)
@@ -47,9 +47,10 @@ def test_presets_compose_to_the_reference_setups():
     assert mme.benchmark.name == "mme" and mme.benchmark.subtasks is None
 
 
+@pytest.mark.slow
 def test_released_captions_rescore_to_the_chair_reference(tmp_path):
     out = tmp_path / "repro"
-    proc = run_cli(["scripts/reproduce.py", "--presets", "repro_chair_llava15_7b", "--out", str(out),
+    proc = run_in_process(["scripts/reproduce.py", "--presets", "repro_chair_llava15_7b", "--out", str(out),
                     "--answers", f"repro_chair_llava15_7b={R1}"])
     report = json.loads((out / "reproduction.json").read_text())["repro_chair_llava15_7b"]
     rows = {r["metric"]: r for r in report["rows"]}
@@ -68,14 +69,15 @@ def test_published_mme_leaderboard_values_fall_in_the_ci_of_rescored_outputs(tmp
         "metrics": {"perception": pub["perception_total"], "cognition": pub["cognition_total"],
                     "existence.score": pub["existence"], "OCR.score": pub["OCR"]}}}))
     out = tmp_path / "repro"
-    run_cli(["scripts/reproduce.py", "--reference", str(ref), "--out", str(out),
-             "--answers", f"repro_mme_llava15_7b={LAVIN}"])
+    run_in_process(["scripts/reproduce.py", "--reference", str(ref), "--out", str(out),
+                   "--answers", f"repro_mme_llava15_7b={LAVIN}"])
     rows = {r["metric"]: r for r in json.loads((out / "reproduction.json").read_text())["repro_mme_llava15_7b"]["rows"]}
     assert rows["perception"]["diff"] == pytest.approx(0.01, abs=0.005)  # 963.61 vs the leaderboard's 963.6
     assert all(r["within_ci"] for r in rows.values())
     assert rows["existence.score"]["ours"] == pytest.approx(185.0)
 
 
+@pytest.mark.slow
 def test_tiny_model_runs_the_chair_preset_end_to_end(tmp_path):
     images = sorted((DATA_DIR / "images").glob("COCO_val2014_*.jpg"))
     image_set = tmp_path / "six.jsonl"

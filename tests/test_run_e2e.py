@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_cli, run_in_process
 
 BASE = ["model=tiny_llava", "benchmark=smoke", "run.num_threads=1"]
 
@@ -22,8 +22,7 @@ def _answers(run_dir):
 def reference_run(tmp_path_factory):
     """One uninterrupted single-process default run."""
     d = tmp_path_factory.mktemp("ref")
-    proc = run_cli([*BASE, f"hydra.run.dir={d}", f"results_store={d / 'results.jsonl'}"])
-    return d, proc
+    return d, run_in_process([*BASE, f"hydra.run.dir={d}", f"results_store={d / 'results.jsonl'}"])
 
 
 def test_default_run_scores_and_prints_leaderboard(reference_run):
@@ -48,6 +47,7 @@ def test_default_run_scores_and_prints_leaderboard(reference_run):
     assert "benchmarks/data/images/COCO_val2014_000000060623.jpg" in prov["dataset"]["files"]
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_loses_and_duplicates_nothing(reference_run, tmp_path):
     ref_dir, _ = reference_run
     d = tmp_path / "run"
@@ -82,6 +82,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_process_torchrun_equals_single_process_and_stores_one_row(reference_run, tmp_path):
     ref_dir, _ = reference_run
     d = tmp_path / "sharded"
@@ -114,6 +115,7 @@ def test_two_process_torchrun_equals_single_process_and_stores_one_row(reference
     assert len(store.read_text().splitlines()) == 1 and _answers(d) == merged
 
 
+@pytest.mark.slow
 def test_two_runs_on_one_run_dir_one_refuses_and_the_dir_stays_scorable(reference_run, tmp_path):
     ref_dir, _ = reference_run
     d, store = tmp_path / "run", tmp_path / "results.jsonl"
@@ -151,16 +153,16 @@ def test_explicit_shards_merge_when_the_last_one_finishes(reference_run, tmp_pat
     ref_dir, _ = reference_run
     d = tmp_path / "explicit"
     common = [*BASE, "run.limit=10", f"hydra.run.dir={d}", f"results_store={tmp_path / 'r.jsonl'}"]
-    run_cli([*common, "run.num_shards=2", "run.shard_id=1"])
+    run_in_process([*common, "run.num_shards=2", "run.shard_id=1"])
     assert not (d / "answers.jsonl").exists()
-    run_cli([*common, "run.num_shards=2", "run.shard_id=0"])
+    run_in_process([*common, "run.num_shards=2", "run.shard_id=0"])
     merged = _answers(d)
     assert [r["answer"] for r in merged] == [r["answer"] for r in _answers(ref_dir)[:10]]
     assert json.loads((d / "scores.json").read_text())["n"] == 10
     # a shard that reaches the merge after the set was merged and scored (as a second torchrun rank can)
     # scores nothing again: one results row per set of answers
-    proc = run_cli([*common, "run.num_shards=2", "run.shard_id=1"])
-    assert "already merged and scored" in proc.stdout and "scores:" not in proc.stdout
+    out = run_in_process([*common, "run.num_shards=2", "run.shard_id=1"]).stdout
+    assert "already merged and scored" in out and "scores:" not in out
     assert len((tmp_path / "r.jsonl").read_text().splitlines()) == 1
 
 
@@ -175,9 +177,10 @@ def test_missing_image_names_item_and_path_or_is_skipped(tmp_path):
     proc = run_cli(["benchmark=gpt4v_aided", "benchmark.limit=2", f"hydra.run.dir={tmp_path / 'a'}",
                     f"results_store={tmp_path / 'r.jsonl'}"], check=False)
     assert proc.returncode != 0 and "000000" in proc.stderr and "image" in proc.stderr
-    proc = run_cli(["benchmark=pope", "benchmark.limit=3", "benchmark.image_root=/nonexistent/coco",
-                    "run.skip_missing=true", f"hydra.run.dir={tmp_path / 'b'}",
-                    f"results_store={tmp_path / 'r.jsonl'}"], check=False)
+    with pytest.raises(SystemExit):  # every item skipped: nothing to score (answers still recorded)
+        run_in_process(["benchmark=pope", "benchmark.limit=3", "benchmark.image_root=/nonexistent/coco",
+                        "run.skip_missing=true", f"hydra.run.dir={tmp_path / 'b'}",
+                        f"results_store={tmp_path / 'r.jsonl'}"])
     recs = _answers(tmp_path / "b")
     assert len(recs) == 3 and all(r["skipped"] and "/nonexistent/coco" in r["skip_reason"] for r in recs)
 
@@ -201,17 +204,17 @@ def test_score_only_reports_missing_ids(tmp_path):
 
 def test_sweep_rows_land_in_the_store_and_plot(tmp_path):
     store = tmp_path / "results.jsonl"
-    run_cli(["-m", "model=tiny_llava", "benchmark=smoke", "intervention=vcd", "intervention.alpha=0,1",
+    run_in_process(["-m", "model=tiny_llava", "benchmark=smoke", "intervention=vcd", "intervention.alpha=0,1",
              "run.limit=6", "run.num_threads=1", f"hydra.sweep.dir={tmp_path / 'sweep'}", f"results_store={store}"])
     rows = [json.loads(l) for l in store.read_text().splitlines()]
     assert sorted(r["params"]["alpha"] for r in rows) == [0, 1]
     png = tmp_path / "sweep.png"
-    run_cli(["scripts/plot_sweep.py", "--store", str(store), "--param", "alpha", "--metric", "CHAIRs",
+    run_in_process(["scripts/plot_sweep.py", "--store", str(store), "--param", "alpha", "--metric", "CHAIRs",
              "--out", str(png)])
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     out = tmp_path / "lb"
-    proc = run_cli(["scripts/leaderboard.py", "--store", str(store), "--out", str(out)])
-    assert "| vcd alpha=0 |" in proc.stdout and "| vcd |" in proc.stdout  # alpha=1 is vcd's default
+    printed = run_in_process(["scripts/leaderboard.py", "--store", str(store), "--out", str(out)]).stdout
+    assert "| vcd alpha=0 |" in printed and "| vcd |" in printed  # alpha=1 is vcd's default
     assert (out / "leaderboard.html").exists() and (out / "leaderboard.csv").exists()
 
 

@@ -96,7 +96,8 @@ def precheck(argv: list[str]) -> None:
 
 @hydra.main(config_path="pkg://configs", config_name="config", version_base="1.3")
 def hydra_main(cfg: DictConfig):
-    """Run one job in the Hydra run directory and return its scores (None for a shard that does not score).
+    """Run one job in the Hydra run directory and return its scores (None for a shard that does not score),
+    or, when `optimized_metric` is set (a sweep's objective, e.g. Optuna's), that metric of the scores.
 
     A HarnessError (bad input or configuration, busy run folder) prints one line `error: <message>` and
     exits with code 2; HYDRA_FULL_ERROR=1 shows the traceback instead.
@@ -123,7 +124,22 @@ def _run(cfg: DictConfig):
 
         torch.set_num_threads(threads)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    return run_job(cfg, run_dir)
+    scores = run_job(cfg, run_dir)
+    metric = cfg.get("optimized_metric")
+    return objective(scores, metric) if metric and scores is not None else scores
+
+
+def objective(scores: dict, metric: str) -> float:
+    """The value a sweeper optimises: `metric` of a job's scores (a dotted key reaches a nested one)."""
+    node: object = scores
+    for part in [metric] if metric in scores else metric.split("."):
+        if not isinstance(node, dict) or part not in node:
+            keys = ", ".join(sorted(k for k, v in scores.items() if isinstance(v, (int, float))))
+            raise HarnessError(f"optimized_metric: no metric {metric!r} in the scores; numeric ones: {keys}")
+        node = node[part]
+    if isinstance(node, bool) or not isinstance(node, (int, float)):
+        raise HarnessError(f"optimized_metric: {metric!r} is not a number ({node!r})")
+    return float(node)
 
 
 def main() -> None:
@@ -131,3 +147,7 @@ def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     precheck(sys.argv[1:])
     hydra_main()
+
+
+if __name__ == "__main__":  # `python -m harness.cli.run ...` (what scripts that start runs use)
+    main()

@@ -23,6 +23,10 @@ class BenchmarkConfig:
     limit: Optional[int] = rule(None, ge=1)  # answer only the first N items (benchmarks that support it)
     bootstrap: int = rule(ge=0)  # resamples of the confidence intervals (0: none); set in configs/config.yaml
     bootstrap_seed: int = MISSING
+    # a fixed seeded tune/test split of the items (benchmarks/split.py); set in configs/config.yaml
+    split_role: Optional[str] = rule(choices=("tune", "test"))  # null: every item
+    split_seed: int = MISSING
+    tune_fraction: float = rule(gt=0, lt=1)
 
 
 @dataclass

@@ -96,7 +96,7 @@ class JudgeConfig:
 
 @dataclass
 class PairwiseJudgeConfig(JudgeConfig):
-    """`scripts/judge_pairwise.py`: the judge plus the two answer sets it compares (configs/judge.yaml)."""
+    """`halluc-bench-judge`: the judge plus the two answer sets it compares (configs/judge.yaml)."""
 
     answers_a: str = MISSING
     answers_b: str = MISSING
@@ -122,3 +122,4 @@ class Config:
     answers_name: Optional[str] = MISSING
     seed: int = MISSING
     results_store: str = MISSING
+    optimized_metric: Optional[str] = MISSING  # a sweep's objective: the job returns this metric of its scores

@@ -200,7 +200,7 @@ class VARDetector:
         st, side = artifact_paths(path)
         for f in (st, side):
             if not f.exists():
-                raise FileNotFoundError(f"detector file not found: {f} (train one with scripts/train_detector.py)")
+                raise FileNotFoundError(f"detector file not found: {f} (train one with halluc-bench-train-detector)")
         info = json.loads(side.read_text())
         if info.get("format") != FORMAT:
             raise ValueError(f"{side}: not a VAR MLP detector (format {info.get('format')!r})")

@@ -75,7 +75,7 @@ class LinearProbe:
         """A probe written by ``save``."""
         path = Path(path)
         if not path.exists():
-            raise FileNotFoundError(f"probe not found: {path} (train one with scripts/probe_first_token.py)")
+            raise FileNotFoundError(f"probe not found: {path} (train one with halluc-bench-probe)")
         data = json.loads(path.read_text())
         if data.get("format") != FORMAT:
             raise ValueError(f"{path}: not a first-token probe (format {data.get('format')!r})")

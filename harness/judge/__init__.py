@@ -1,6 +1,6 @@
 """LLM-as-judge evaluation: a chat-completions client, a reply cache, a request engine and pairwise comparison.
 
-``run_judge(cfg)`` is what ``scripts/judge_pairwise.py`` runs; ``cfg`` is its ``judge`` node: the
+``run_judge(cfg)`` is what ``halluc-bench-judge`` runs; ``cfg`` is its ``judge`` node: the
 pairwise keys of ``configs/judge.yaml`` and the judge settings of ``configs/judge/default.yaml``.
 Outputs in ``out_dir``: ``judgments.jsonl`` (one record per question and order) and ``scores.json``
 (per-system means, overall and per question type).

@@ -1,6 +1,6 @@
 """Latent steering directions: building them (VTI, VaLSe) and the shared machinery both methods use.
 
-Build with `python scripts/build_steering.py model=... steering.method=vti|valse steering.out=PATH`
+Build with `halluc-bench-build-steering model=... steering.method=vti|valse steering.out=PATH`
 (or `build_from_config`), apply with `intervention=steer intervention.vectors=PATH` (interventions/steer.py).
 
 - `interventions.steering.vti`: Visual and Textual Intervention (Liu et al., 2024).

@@ -77,7 +77,7 @@ def load_steering(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     for p in (st_path, js_path):
         if not p.exists():
             raise FileNotFoundError(f"steering file {p} does not exist; build it with "
-                                    f"`python scripts/build_steering.py model=... steering.out={st_path.with_suffix('')}`")
+                                    f"`halluc-bench-build-steering model=... steering.out={st_path.with_suffix('')}`")
     sidecar = json.loads(js_path.read_text(encoding="utf-8"))
     if sidecar.get("format") != FORMAT:
         raise ValueError(f"{js_path} is not a steering sidecar (format {sidecar.get('format')!r}, expected {FORMAT!r})")
