@@ -6,11 +6,14 @@ They are shipped with the package (see ``benchmarks/data/SOURCES.md``), so a use
 set ``NLTK_DATA`` or call ``nltk.download``.
 
 Also the NLTK tools CHAIR calls, loaded once per process: ``get_tagger()`` (``.tag`` gives exactly
-``nltk.pos_tag``'s tags, faster) and a cached ``lemmatize(word, pos)``.
+``nltk.pos_tag``'s tags, faster) and a cached ``lemmatize(word, pos)``; ``import_nltk()`` imports nltk
+without the optional scipy / scikit-learn / pandas / matplotlib it would otherwise load (seconds).
 """
 from __future__ import annotations
 
 import functools
+import importlib.abc
+import sys
 from typing import Mapping
 
 from benchmarks.base import DATA_DIR
@@ -26,9 +29,43 @@ REQUIRED_RESOURCES = {
 }
 
 
+#: optional dependencies nltk imports when installed (inside try/except ImportError); CHAIR uses none of them
+OPTIONAL_HEAVY = ("scipy", "sklearn", "pandas", "matplotlib")
+
+
+class _Absent(importlib.abc.MetaPathFinder):
+    """Import hook that makes the named top-level packages look uninstalled."""
+
+    def __init__(self, names: tuple[str, ...]):
+        self.names = frozenset(names)
+
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in self.names:
+            raise ModuleNotFoundError(f"No module named {name!r} (hidden while nltk is imported)", name=name)
+        return None
+
+
+def import_nltk():
+    """``import nltk``, with the optional packages of OPTIONAL_HEAVY hidden while nltk itself is imported.
+
+    nltk imports scipy and scikit-learn for classifiers and collocation statistics when they are installed
+    (2 s of a scoring run); each of those imports is optional in nltk. Packages already imported stay
+    visible, and everything is visible again afterwards.
+    """
+    if "nltk" in sys.modules:
+        return sys.modules["nltk"]
+    hidden = _Absent(tuple(n for n in OPTIONAL_HEAVY if n not in sys.modules))
+    sys.meta_path.insert(0, hidden)
+    try:
+        import nltk
+    finally:
+        sys.meta_path.remove(hidden)
+    return nltk
+
+
 def ensure_nltk_data() -> None:
     """Put the shipped ``nltk_data`` folder first on ``nltk.data.path`` (idempotent; no download)."""
-    import nltk
+    nltk = import_nltk()
 
     path = str(NLTK_DATA_DIR)
     if not nltk.data.path or nltk.data.path[0] != path:
@@ -39,7 +76,7 @@ def ensure_nltk_data() -> None:
 
 def check_nltk_data() -> None:
     """Raise LookupError naming every CHAIR resource NLTK cannot find (after ``ensure_nltk_data``)."""
-    import nltk
+    nltk = import_nltk()
 
     ensure_nltk_data()
     missing = []
@@ -63,8 +100,13 @@ class FastPerceptronTagger:
     results are identical) and ties go to the alphabetically last tag, as in nltk.
     """
 
+    MEMO_SIZE = 1 << 18  # memoised tagging decisions kept at most (then the memo starts afresh)
+
     def __init__(self) -> None:
+        import_nltk()
         from nltk.tag.perceptron import PerceptronTagger
+
+        self._memo: dict[tuple, str] = {}
 
         self.nltk = PerceptronTagger()
         self._fast = False
@@ -102,9 +144,16 @@ class FastPerceptronTagger:
             return t.tag(tokens)
         prev, prev2 = t.START
         context = t.START + [t.normalize(w) for w in tokens] + t.END
-        out = []
+        out, memo = [], self._memo
         for i, word in enumerate(tokens):
-            tag = t.tagdict.get(word) or self._predict(t._get_features(i, word, context, prev, prev2))
+            tag = t.tagdict.get(word)
+            if not tag:  # nltk's features read only these: the decision is memoised on them
+                key = (word, prev, prev2, context[i], context[i + 1], context[i + 3], context[i + 4])
+                tag = memo.get(key)
+                if tag is None:
+                    if len(memo) >= self.MEMO_SIZE:
+                        memo.clear()
+                    tag = memo[key] = self._predict(t._get_features(i, word, context, prev, prev2))
             out.append((word, tag))
             prev2, prev = prev, tag
         return out
@@ -119,8 +168,10 @@ def get_tagger() -> FastPerceptronTagger:
 
 @functools.lru_cache(maxsize=None)
 def lemmatize(word: str, pos: str) -> str:
-    """``WordNetLemmatizer().lemmatize(word, pos)``, cached (pos: 'n', 'v', 'a' or 'r')."""
-    from nltk.stem import WordNetLemmatizer
+    """``WordNetLemmatizer().lemmatize(word, pos)``, cached (pos: 'n', 'v', 'a' or 'r').
 
-    ensure_nltk_data()
-    return WordNetLemmatizer().lemmatize(word, pos=pos)
+    Computed by ``benchmarks.chair_text.lemmatize`` from the WordNet index files (same result, without
+    building nltk's whole WordNet reader)."""
+    from benchmarks.chair_text import lemmatize as lean_lemmatize
+
+    return lean_lemmatize(word, pos)

@@ -9,7 +9,7 @@ from typing import Any, Mapping
 
 PACKAGES = ("torch", "transformers", "tokenizers", "nltk", "peft", "halluc-bench")
 #: benchmark config keys that only change the statistics of the scores, never the answers
-SCORING_ONLY_KEYS = ("bootstrap", "bootstrap_seed")
+SCORING_ONLY_KEYS = ("bootstrap", "bootstrap_seed", "workers")
 
 
 def package_versions() -> dict:
