@@ -21,7 +21,7 @@ from benchmarks.base import AnswerMismatchError, Benchmark, Item
 from benchmarks.chair_counts import chair_counts
 from benchmarks.chair_metric import (COUNT_COLUMNS, caption_detail, chair_overall, coco_image_id,
                                      load_ground_truth, load_vocab)
-from harness.errors import ConfigValueError, InputFileError, NothingToScoreError
+from harness.errors import ConfigValueError, NothingToScoreError
 from harness.records import MalformedRecordError, normalise_record, read_jsonl, read_text
 from harness.registry import BENCHMARKS
 
@@ -42,6 +42,8 @@ CAPTION_KEYS = ("caption", "text", "answer")  # auto-detected caption keys, in o
 @functools.lru_cache(maxsize=8)
 def _image_set_ids(image_set: str) -> tuple[int, ...]:
     """COCO ids of a named image set or of a JSON/JSONL file with ``image`` or ``image_id`` rows."""
+    from benchmarks.loading import load_question_records
+
     if image_set in IMAGE_SETS:
         source, key = IMAGE_SETS[image_set]
     else:
@@ -50,29 +52,9 @@ def _image_set_ids(image_set: str) -> tuple[int, ...]:
             raise ConfigValueError(f"unknown CHAIR image_set {image_set!r}: use one of {sorted(IMAGE_SETS)} "
                              "or a JSON/JSONL file whose rows have `image` or `image_id`")
         source, key = str(p), None
-    rows = _read_rows(source)
+    rows = load_question_records(source)
     return tuple(coco_image_id(r[key] if key else (r.get("image_id") if r.get("image_id") is not None else r["image"]))
                  for r in rows)
-
-
-def _read_rows(source: str) -> list[dict]:
-    """The rows of a local JSONL file or JSON list, read with ``json`` (other sources: ``datasets``)."""
-    from benchmarks.loading import load_question_records, resolve_data_path
-
-    path = resolve_data_path(source)
-    if not (path.is_file() and path.suffix.lower() in (".json", ".jsonl")):
-        return load_question_records(source)
-    text = read_text(path, "image-set file")
-    try:
-        if path.suffix.lower() == ".json":
-            rows = json.loads(text)
-        else:
-            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-    except json.JSONDecodeError as e:
-        raise InputFileError(f"image-set file {path} is not valid JSON/JSONL: {e}") from e
-    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-        raise InputFileError(f"image-set file {path} must hold a list of JSON objects")
-    return rows
 
 
 class DuplicateImageIdError(AnswerMismatchError):

@@ -100,26 +100,25 @@ _SUBSTITUTIONS = {
     "r": [],
 }
 _FILES = {"n": "noun", "v": "verb", "a": "adj", "r": "adv"}
+_INDEX_LINE = re.compile(r"^(\S+) (\S+) ", re.M)
 
 
 @functools.lru_cache(maxsize=1)
 def _wordnet() -> tuple[dict[str, frozenset], dict[str, dict[str, list[str]]]]:
-    """(lemma -> the POS letters it is indexed under, POS -> {inflected form: base forms}) of WordNet."""
+    """(POS letter -> lemmas indexed under it, POS -> {inflected form: base forms}) of WordNet."""
     nltk = import_nltk()
     ensure_nltk_data()
     root = nltk.data.find("corpora/wordnet.zip/wordnet/")
-    index: dict[str, set] = {}
+    index: dict[str, set] = {p: set() for p in "nvars"}
     exceptions: dict[str, dict[str, list[str]]] = {}
     for pos, name in _FILES.items():
-        with root.join(f"index.{name}").open() as fh:
-            for line in fh.read().decode("utf-8").splitlines():
-                if line and not line.startswith(" "):  # the license header lines start with a space
-                    lemma, p = line.split(None, 2)[:2]
-                    index.setdefault(lemma, set()).add(p)
+        with root.join(f"index.{name}").open() as fh:  # lines "lemma pos ..."; license lines start with a space
+            for lemma, p in _INDEX_LINE.findall(fh.read().decode("utf-8")):
+                index.setdefault(p, set()).add(lemma)
         with root.join(f"{name}.exc").open() as fh:
             exceptions[pos] = {t[0]: t[1:] for t in (ln.split() for ln in fh.read().decode("utf-8").splitlines())
                                if t}
-    return {k: frozenset(v) for k, v in index.items()}, exceptions
+    return {p: frozenset(v) for p, v in index.items()}, exceptions
 
 
 def morphy(form: str, pos: str) -> list[str]:
@@ -127,14 +126,14 @@ def morphy(form: str, pos: str) -> list[str]:
     if pos not in _FILES:
         raise ValueError(f"WordNet POS must be one of {sorted(_FILES)}, got {pos!r}")
     index, exc = _wordnet()
-    exceptions, substitutions = exc[pos], _SUBSTITUTIONS[pos]
+    lemmas, exceptions, substitutions = index[pos], exc[pos], _SUBSTITUTIONS[pos]
     if form in exceptions:
         forms = exceptions[form]
     else:
         forms = [form[: -len(old)] + new for old, new in substitutions if form.endswith(old)]
     result, seen = [], set()
     for f in [form] + forms:
-        if pos in index.get(f, ()) and f not in seen:
+        if f in lemmas and f not in seen:
             result.append(f)
             seen.add(f)
     return result
