@@ -10,24 +10,31 @@ from __future__ import annotations
 import os
 from typing import Iterable, Mapping
 
-from benchmarks.chair_metric import ChairVocab, analyse_words, coco_image_id, lemma_pos, load_vocab
+from benchmarks.chair_metric import ChairVocab, analyse_words, coco_image_id, lemma_pos_many, load_vocab
 
 #: below this many distinct captions, ``workers=None`` analyses them in this process (a pool costs ~0.1 s)
 PARALLEL_MIN_CAPTIONS = 2000
 #: ``workers=None`` uses at most this many processes
 MAX_AUTO_WORKERS = 4
 
+#: captions tagged together (bounds the temporary score arrays: ~30 MB)
+BATCH = 1000
+
 _worker_vocab: ChairVocab | None = None  # the vocabulary of a pool's forked workers
 
 
-def caption_summary(caption: str, vocab: ChairVocab) -> tuple[int, tuple[str, ...]]:
-    """(number of merged words, MSCOCO objects of its mentions in caption order) of one caption."""
-    merged, found = analyse_words(lemma_pos(caption)[1], vocab)
-    return len(merged), tuple(obj for _, obj, _, _ in found)
+def summarise(captions: list[str], vocab: ChairVocab) -> list[tuple[int, tuple[str, ...]]]:
+    """Per caption: (number of merged words, MSCOCO objects of its mentions in caption order)."""
+    out = []
+    for start in range(0, len(captions), BATCH):
+        for lemmas in lemma_pos_many(captions[start:start + BATCH]):
+            merged, found = analyse_words(lemmas, vocab)
+            out.append((len(merged), tuple(obj for _, obj, _, _ in found)))
+    return out
 
 
 def _summaries(captions: list[str]) -> list[tuple[int, tuple[str, ...]]]:
-    return [caption_summary(c, _worker_vocab) for c in captions]
+    return summarise(captions, _worker_vocab)
 
 
 def available_cores() -> int:
@@ -49,7 +56,7 @@ def resolve_workers(workers: int | None, n_distinct: int) -> int:
 
 
 def caption_summaries(captions: Iterable[str], vocab: ChairVocab, workers: int | None = None) -> dict:
-    """{caption: caption_summary(caption)} for the distinct captions, over ``resolve_workers`` processes.
+    """{caption: its ``summarise`` entry} for the distinct captions, over ``resolve_workers`` processes.
 
     Workers are forked after the tagger, tokenizer and WordNet are loaded, so they share them; results
     come back in order and equal the single-process ones.
@@ -60,7 +67,7 @@ def caption_summaries(captions: Iterable[str], vocab: ChairVocab, workers: int |
     import multiprocessing as mp
 
     if n > 1 and "fork" in mp.get_all_start_methods() and len(distinct) > 1:
-        caption_summary(distinct[0], vocab)  # load every NLTK resource before forking
+        summarise(distinct[:1], vocab)  # load every NLTK resource before forking
         _worker_vocab = vocab
         size = -(-len(distinct) // (4 * n))
         chunks = [distinct[i:i + size] for i in range(0, len(distinct), size)]
@@ -70,7 +77,7 @@ def caption_summaries(captions: Iterable[str], vocab: ChairVocab, workers: int |
         finally:
             _worker_vocab = None
     else:
-        results = [caption_summary(c, vocab) for c in distinct]
+        results = summarise(distinct, vocab)
     return dict(zip(distinct, results))
 
 

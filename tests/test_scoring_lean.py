@@ -138,3 +138,20 @@ def test_pope_question_files_need_no_datasets():
             "assert len(b.items()) == 9000; print([m for m in ('datasets', 'torch') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_tag_many_equals_nltk_tagger():
+    import nltk
+    from nltk.tag.perceptron import PerceptronTagger
+
+    from benchmarks.nltk_setup import FastPerceptronTagger
+
+    caps = _captions()[::40] + TRICKY
+    token_lists = [nltk.word_tokenize(c.lower()) for c in caps] + [[], ["dog"]]
+    fast = FastPerceptronTagger()
+    assert fast._own_keys
+    want = [PerceptronTagger().tag(tokens) for tokens in token_lists[:50]]
+    assert fast.tag_many(token_lists[:50]) == want  # cold memo: every decision scored in batches
+    assert [fast.tag(tokens) for tokens in token_lists[:50]] == want  # memoised decisions
+    reference = PerceptronTagger()
+    assert fast.tag_many(token_lists) == [reference.tag(tokens) for tokens in token_lists]
