@@ -3,7 +3,8 @@
 Config node keys (see ``configs/benchmark/chair.yaml``): ``ground_truth`` (lemma_pos | singularize |
 path to an imid_to_objects JSON), ``image_set`` (chair500 | damro500 | path to a JSONL/JSON list with
 ``image`` or ``image_id``), ``image_root``, ``prompt``, ``limit``, ``max_new_tokens``, ``id_key``,
-``caption_key`` and ``fix_vocab_quirks`` (see ``benchmarks/chair_metric.py``).
+``caption_key``, ``fix_vocab_quirks`` (see ``benchmarks/chair_metric.py``) and ``workers`` (processes that
+analyse the distinct captions; null: 1 below 2,000 distinct captions, else up to 4 cores).
 
 Scoring is score-only friendly: every caption whose COCO id is in the ground truth is scored, also
 when the image is outside the configured image set (published logs use other 500-image samples);
@@ -17,8 +18,9 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from benchmarks.base import AnswerMismatchError, Benchmark, Item
-from benchmarks.chair_metric import (caption_detail, chair_evaluate, coco_image_id, load_ground_truth,
-                                     load_vocab)
+from benchmarks.chair_counts import chair_counts
+from benchmarks.chair_metric import (COUNT_COLUMNS, caption_detail, chair_overall, coco_image_id,
+                                     load_ground_truth, load_vocab)
 from harness.errors import ConfigValueError, NothingToScoreError
 from harness.records import MalformedRecordError, normalise_record, read_jsonl, read_text
 from harness.registry import BENCHMARKS
@@ -32,8 +34,7 @@ IMAGE_SETS = {
 }
 CHAIR_DIRECTIONS = {"CHAIRs": "lower", "CHAIRi": "lower", "Recall": "higher", "Precision": "higher", "F1": "higher"}
 #: per-caption unit columns (sums over captions give every CHAIR metric)
-UNIT_COLUMNS = ("captions", "hallucinated_captions", "mentions", "hallucinated_mentions", "recalled",
-                "gt_objects", "words")
+UNIT_COLUMNS = COUNT_COLUMNS
 ID_KEYS = ("image_id", "question_id")  # auto-detected id keys, in order
 CAPTION_KEYS = ("caption", "text", "answer")  # auto-detected caption keys, in order
 
@@ -94,7 +95,9 @@ class ChairBenchmark(Benchmark):
         self.max_new_tokens = int(c["max_new_tokens"])
         self.id_key, self.caption_key = c["id_key"], c["caption_key"]
         self.vocab = load_vocab(bool(c["fix_vocab_quirks"]))
+        self.workers = c.get("workers")
         self._gt = None
+        self._counts: tuple[tuple, list] | None = None  # (pairs, their count rows) of the last scoring
 
     # -------------------------------------------------------------- data
     @property
@@ -182,12 +185,19 @@ class ChairBenchmark(Benchmark):
         pairs, skipped = self._pairs(records, source)
         if not pairs:
             raise NothingToScoreError(f"no captions to score in {source}")
-        o = chair_evaluate(pairs, self.ground_truth, self.vocab)["overall_metrics"]
+        o = chair_overall(self._count_rows(pairs))
         in_set = set(self.image_ids())
         res: dict[str, Any] = {k: 100.0 * o[k] for k in ("CHAIRs", "CHAIRi", "Recall", "Precision", "F1")}
         res.update(Len=o["Len"], n=o["n"], n_outside_image_set=sum(1 for i, _ in pairs if i not in in_set),
                    n_skipped=skipped, n_mentions=o["n_mentions"], n_hallucinated=o["n_hallucinated"], unparsed=0)
         return res
+
+    def _count_rows(self, pairs: list[tuple[int, str]]) -> list[tuple[int, ...]]:
+        """COUNT_COLUMNS rows of the pairs (reused when score() and units() see the same captions)."""
+        key = tuple(pairs)
+        if self._counts is None or self._counts[0] != key:
+            self._counts = (key, chair_counts(pairs, self.ground_truth, self.vocab, self.workers))
+        return self._counts[1]
 
     def details(self, records: list[dict], source: str = "answers") -> list[dict]:
         """Per-caption CHAIR records (hallucinated/GT/generated words, located mentions, metrics)."""
@@ -203,12 +213,7 @@ class ChairBenchmark(Benchmark):
         from harness.stats import Units
 
         pairs, _ = self._pairs(records, source)
-        rows = []
-        for d in chair_evaluate(pairs, self.ground_truth, self.vocab)["sentences"]:
-            n_h = len(d["mscoco_hallucinated_words"])
-            recalled = len({m["object"] for m in d["mentions"] if not m["hallucinated"]})
-            rows.append((1, int(n_h > 0), len(d["mscoco_generated_words"]), n_h, recalled,
-                         len(d["mscoco_gt_words"]), d["metrics"]["Len"]))
+        rows = self._count_rows(pairs)
         return Units([str(i) for i, _ in pairs], rows, UNIT_COLUMNS, [0] * len(rows))
 
     def metrics_from_sums(self, sums):

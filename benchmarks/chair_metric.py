@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 from benchmarks.base import DATA_DIR
-from benchmarks.nltk_setup import ensure_nltk_data, get_tagger, lemmatize
+from benchmarks.chair_text import lemmatize, word_tokenize
+from benchmarks.nltk_setup import get_tagger
 
 CHAIR_DIR = DATA_DIR / "chair"
 VOCAB_FILE = CHAIR_DIR / "chair_vocab.json"
@@ -70,15 +71,26 @@ def load_vocab(fix_vocab_quirks: bool = False, path: str | None = None) -> Chair
 _POS = {"J": "a", "V": "v", "N": "n", "R": "r"}  # wordnet.ADJ, VERB, NOUN, ADV
 
 
-@functools.lru_cache(maxsize=65536)
-def lemma_pos_tokens(caption: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(tokens, lemmas) of a caption: lower-case, word_tokenize, pos_tag, lemmatize with the POS."""
-    import nltk
+def lemma_pos(caption: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(tokens, lemmas) of a caption: lower-case, word_tokenize, pos_tag, lemmatize with the POS (uncached).
 
-    ensure_nltk_data()
-    tokens = nltk.word_tokenize(caption.lower())
+    The tokenizer and lemmatizer are the exact equivalents of ``benchmarks/chair_text.py``; the tagger is
+    ``get_tagger()`` (== ``nltk.pos_tag``)."""
+    tokens = word_tokenize(caption.lower())
     tagged = get_tagger().tag(tokens)
     return tuple(tokens), tuple(lemmatize(w, _POS.get(tag[:1], "n")) for w, tag in tagged)
+
+
+def lemma_pos_many(captions: list[str]) -> list[tuple[str, ...]]:
+    """The lemmas of ``lemma_pos(caption)`` for many captions (tagged together with ``tag_many``)."""
+    tagged = get_tagger().tag_many([word_tokenize(c.lower()) for c in captions])
+    return [tuple(lemmatize(w, _POS.get(tag[:1], "n")) for w, tag in tags) for tags in tagged]
+
+
+@functools.lru_cache(maxsize=4096)
+def lemma_pos_tokens(caption: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``lemma_pos(caption)``, cached for the most recent distinct captions."""
+    return lemma_pos(caption)
 
 
 # ------------------------------------------------------------------ object mentions
@@ -102,7 +114,7 @@ class CaptionAnalysis:
     mentions: tuple[Mention, ...]
 
 
-@functools.lru_cache(maxsize=65536)
+@functools.lru_cache(maxsize=4096)
 def _token_spans(caption: str, tokens: tuple[str, ...]) -> tuple[tuple[int, int] | None, ...]:
     """Character spans of lower-cased tokens in the original caption (None for tokens not found)."""
     text = caption.lower()
@@ -153,7 +165,7 @@ def analyse_caption(caption: str, vocab: ChairVocab | None = None) -> CaptionAna
     return _analyse_caption(caption, vocab or load_vocab())
 
 
-@functools.lru_cache(maxsize=65536)
+@functools.lru_cache(maxsize=4096)
 def _analyse_caption(caption: str, vocab: ChairVocab) -> CaptionAnalysis:
     tokens, lemmas = lemma_pos_tokens(caption)
     merged, found = analyse_words(lemmas, vocab)
@@ -227,25 +239,41 @@ def chair_evaluate(captions: Iterable[tuple[object, str]], ground_truth: Mapping
     """CHAIR over (image id, caption) pairs: ``{"sentences": [...], "overall_metrics": {...}}``.
 
     Every id must be in ``ground_truth`` (KeyError otherwise; the reference silently used an empty
-    set). Overall metrics are fractions like the reference, except Len, the mean merged-word count
-    (the reference stores 0.01 * that). With no mentions at all CHAIRi = 0 and Precision = 0; with no
-    ground-truth objects Recall = 0; F1 = 0 when Precision + Recall = 0.
+    set). Overall metrics are those of ``chair_overall`` (fractions like the reference, except Len).
+    Scoring without the per-caption records: ``chair_counts`` (benchmarks/chair_counts.py).
     """
-    sentences, caps, hcaps, words, hwords, recalled, gts, length = [], 0, 0, 0, 0, 0, 0, 0
+    sentences, rows = [], []
     for image_id, caption in captions:
         imid = coco_image_id(image_id)
         d = caption_detail(caption, ground_truth[imid], imid, vocab)
         n, h, g = len(d["mscoco_generated_words"]), len(d["mscoco_hallucinated_words"]), len(d["mscoco_gt_words"])
         r = len({m["object"] for m in d["mentions"] if not m["hallucinated"]})
-        caps, hcaps, words, hwords = caps + 1, hcaps + bool(h), words + n, hwords + h
-        recalled, gts, length = recalled + r, gts + g, length + d["metrics"]["Len"]
+        rows.append((1, int(h > 0), n, h, r, g, d["metrics"]["Len"]))
         sentences.append(d)
+    return {"sentences": sentences, "overall_metrics": chair_overall(rows)}
+
+
+#: per-caption count columns; their sums give every CHAIR metric
+COUNT_COLUMNS = ("captions", "hallucinated_captions", "mentions", "hallucinated_mentions", "recalled",
+                 "gt_objects", "words")
+
+
+def chair_overall(rows: Iterable[tuple[int, ...]]) -> dict:
+    """Overall CHAIR metrics from per-caption COUNT_COLUMNS rows.
+
+    Fractions like the reference's ``compute_chair``, except Len, the mean merged-word count (the
+    reference stores 0.01 * that). With no mentions at all CHAIRi = 0 and Precision = 0; with no
+    ground-truth objects Recall = 0; F1 = 0 when Precision + Recall = 0.
+    """
+    caps = hcaps = words = hwords = recalled = gts = length = 0
+    for c, hc, n, h, r, g, ln in rows:
+        caps, hcaps, words, hwords = caps + c, hcaps + hc, words + n, hwords + h
+        recalled, gts, length = recalled + r, gts + g, length + ln
     if not caps:
         raise ValueError("no captions to score")
     chair_i = hwords / words if words else 0.0
     precision = 1.0 - chair_i if words else 0.0
     recall = recalled / gts if gts else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    overall = {"CHAIRs": hcaps / caps, "CHAIRi": chair_i, "Recall": recall, "Precision": precision,
-               "F1": f1, "Len": length / caps, "n": caps, "n_mentions": words, "n_hallucinated": hwords}
-    return {"sentences": sentences, "overall_metrics": overall}
+    return {"CHAIRs": hcaps / caps, "CHAIRi": chair_i, "Recall": recall, "Precision": precision,
+            "F1": f1, "Len": length / caps, "n": caps, "n_mentions": words, "n_hallucinated": hwords}

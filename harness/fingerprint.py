@@ -9,7 +9,7 @@ from typing import Any, Mapping
 
 PACKAGES = ("torch", "transformers", "tokenizers", "nltk", "peft", "halluc-bench")
 #: benchmark config keys that only change the statistics of the scores, never the answers
-SCORING_ONLY_KEYS = ("bootstrap", "bootstrap_seed")
+SCORING_ONLY_KEYS = ("bootstrap", "bootstrap_seed", "workers")
 #: the tune/test split keys (benchmarks/split.py): part of the fingerprint only when a split is chosen, so a
 #: run over all items keeps the fingerprint it had before the split existed
 SPLIT_KEYS = ("split_role", "split_seed", "tune_fraction")

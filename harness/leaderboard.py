@@ -18,9 +18,10 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-import pandas as pd
+if TYPE_CHECKING:  # pandas is imported when a frame is built: printing scores stays light
+    import pandas as pd
 
 ALPHA = 0.05
 ARROWS = {"higher": "↑", "lower": "↓"}
@@ -208,6 +209,8 @@ LONG_COLUMNS = ["benchmark", "model", "method", "intervention", "params", "setti
 
 def long_frame(tables: Sequence[BenchTable]) -> pd.DataFrame:
     """A tidy long-format table: one row per (benchmark, model, method, setting, metric)."""
+    import pandas as pd
+
     recs = []
     for t in tables:
         for r in t.rows:

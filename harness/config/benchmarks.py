@@ -50,6 +50,7 @@ class ChairConfig(BenchmarkConfig):
     id_key: Optional[str] = MISSING
     caption_key: Optional[str] = MISSING
     fix_vocab_quirks: bool = MISSING
+    workers: Optional[int] = rule(None, ge=1)  # scoring processes (null: automatic); never changes a score
 
 
 @dataclass
