@@ -86,6 +86,14 @@ def shuffle_groups(model: torch.nn.Module, side: int) -> torch.Tensor:
     return out.reshape(-1, out.shape[-1]).long()
 
 
+def tokens_per_tile(cfg: Any) -> int:
+    """Language-model tokens per tile of an InternVL config: (image side / patch)^2 * downsample_ratio^2."""
+    vc = cfg.vision_config
+    size = vc.image_size[0] if isinstance(vc.image_size, (list, tuple)) else vc.image_size
+    patch = vc.patch_size[0] if isinstance(vc.patch_size, (list, tuple)) else vc.patch_size
+    return int(round((size // patch) ** 2 * cfg.downsample_ratio ** 2))
+
+
 @FAMILIES.register("internvl")
 class InternVL(ModelFamily):
     """InternVL3 / InternVL3.5 (OpenGVLab `-hf` checkpoints: InternViT-300M + Qwen2.5 / Qwen3)."""
@@ -106,16 +114,20 @@ class InternVL(ModelFamily):
     vision_keys = ("pixel_values",)
     _image_ids: set = set()  # the <IMG_CONTEXT> ids of the loaded checkpoints (see image_token_id)
 
+    def intervention_defaults(self, intervention: str, model: Any) -> dict:
+        """DAMRO (not in its paper): LLaVA's alpha 2 and topk 10, topk capped at the tokens of one tile."""
+        if intervention != "damro":
+            return {}
+        return {"alpha": 2.0, "topk": min(10, tokens_per_tile(model.config))}
+
     def load_processor(self, path: str, trust_remote_code: bool = False) -> Any:
         """The image-only processor (GotOcr2 PIL image processor, tokenizer, chat template) of a checkpoint."""
         return image_only_processor_class().from_pretrained(path, backend="pil")
 
     # ---- inputs and image encoding -------------------------------------------------------------------
     def tokens_per_tile(self, adapter: Any) -> int:
-        """Language-model tokens per tile: (image side / patch)^2 * downsample_ratio^2."""
-        cfg = adapter.model.config
-        side = cfg.vision_config.image_size[0] // cfg.vision_config.patch_size[0]
-        return int(round(side * side * cfg.downsample_ratio ** 2))
+        """Language-model tokens per tile (see `tokens_per_tile` of a config)."""
+        return tokens_per_tile(adapter.model.config)
 
     def vision_inputs(self, inputs: dict) -> dict:
         """The tile tensor and, per image (one per row), its tile count read off the prompt ids."""
