@@ -95,7 +95,7 @@ def encode(adapter: Any, image: Any, text: str) -> dict:
 
     The single-row counterpart of `adapter.prepare` for texts that already went through the template.
     """
-    enc = adapter.processor(images=[image], text=[text], return_tensors="pt")
+    enc = adapter.processor(images=[image], text=[text], return_tensors="pt", **adapter.spec.text_kwargs)
     return adapter.to_model(enc)
 
 

@@ -44,6 +44,9 @@ class ModelFamily:
     row_keys: tuple[str, ...] = ()
     #: process rows one by one and pad ourselves (BLIP: its processor pads between query tokens and text)
     rows_separately: bool = False
+    #: extra processor keyword arguments for an already templated prompt, wherever one is processed
+    #: (e.g. `add_special_tokens=False` where the chat template itself holds the BOS)
+    text_kwargs: dict = {}
     #: why DAMRO cannot run on this family (None: it can)
     damro_unsupported: str | None = None
 

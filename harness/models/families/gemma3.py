@@ -86,12 +86,13 @@ class Gemma3(ModelFamily):
         "final_norm": "model.language_model.norm",
         "lm_head": "lm_head",
         "embed_tokens": "model.language_model.embed_tokens",
-        "vision_layers": "model.vision_tower.vision_model.encoder.layers",  # SigLIP encoder blocks
+        "vision_layers": "model.vision_tower.encoder.layers",  # SigLIP encoder blocks
         "vision_tower": "model.vision_tower",
         "projector": "model.multi_modal_projector",
         "qformer": None,
     }
     row_keys = ("token_type_ids",)
+    text_kwargs = {"add_special_tokens": False}  # the chat template starts with the BOS
     damro_unsupported = ("its SigLIP vision encoder has no CLS token, and DAMRO ranks patches by the CLS token's "
                          "attention")
 
@@ -104,7 +105,7 @@ class Gemma3(ModelFamily):
     def process(self, processor: Any, images: Sequence[Any], prompts: Sequence[str]) -> dict:
         """Processor output (left-padded); no special tokens added, the chat template already holds the BOS."""
         return processor(images=[[im] for im in images], text=list(prompts), return_tensors="pt", padding=True,
-                         add_special_tokens=False)
+                         **self.text_kwargs)
 
     def row_kwargs(self, adapter: Any, input_ids: torch.Tensor) -> dict:
         """`token_type_ids`: 1 on the image soft tokens (the bidirectional prefill block), 0 elsewhere."""
@@ -131,8 +132,13 @@ class Gemma3(ModelFamily):
 
     # ---- tiny model ----------------------------------------------------------------------------------
     def build_tiny(self, out: Path) -> None:
-        """SigLIP (56 px, a 4x4 grid) pooled to 2x2 = 4 tokens, Gemma 3 text (4 layers: 3 sliding-window of 8
-        tokens then 1 global; head_dim 16, 4 heads, 2 key/value heads), Gemma's chat template and specials."""
+        """SigLIP (56 px, a 4x4 grid) pooled to 2x2 = 4 tokens, Gemma 3 text (4 layers alternating a sliding
+        window of 16 tokens, shorter than most prompts, and global attention; head_dim 16, 4 heads, 2 key/value
+        heads), Gemma's chat template and specials.
+
+        The real models have 5 sliding layers per global one and a 1024-token window, longer than any prompt
+        here; the tiny window is short so that the sliding mask matters, and global layers alternate so that a
+        guided middle layer sees the image from the last position."""
         import transformers
         from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3Processor
 
@@ -141,8 +147,8 @@ class Gemma3(ModelFamily):
         tok._set_model_specific_special_tokens(IMAGE_TOKENS)
         ids = {t: tok.convert_tokens_to_ids(t) for t in GEMMA_SPECIALS}
         text = tp.text_config("gemma3_text", len(tok), tok, head_dim=16, query_pre_attn_scalar=16,
-                              sliding_window=8, hidden_activation="gelu_pytorch_tanh",
-                              layer_types=["sliding_attention"] * 3 + ["full_attention"])
+                              sliding_window=16, hidden_activation="gelu_pytorch_tanh",
+                              layer_types=["sliding_attention", "full_attention"] * 2)
         cfg = Gemma3Config(text_config=text, vision_config={**tp.siglip_vision(), "vision_use_head": False},
                            mm_tokens_per_image=TINY_TOKENS_PER_IMAGE, boi_token_index=ids["<start_of_image>"],
                            eoi_token_index=ids["<end_of_image>"], image_token_index=ids["<image_soft_token>"])
