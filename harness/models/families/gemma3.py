@@ -122,13 +122,9 @@ class Gemma3(ModelFamily):
 
         return BaseModelOutputWithPooling(pooler_output=torch.stack(list(features)))
 
-    # ---- diagnosis -----------------------------------------------------------------------------------
-    def span_geometry(self, adapter: Any, inputs: dict, span_len: int) -> dict:
-        """The pooled square token grid over the processed (resized, square) image."""
-        side = int(round(span_len ** 0.5))
-        if side * side == span_len:
-            return {"kind": "grid", "side": side, "skip": 0, "vit_offset": 0}
-        return super().span_geometry(adapter, inputs, span_len)
+    # ---- diagnosis: the base default (a bar per image token). The soft tokens are a square grid of pooled
+    # SigLIP patches (kernel 4x4 in the real models), while the diagnosis' "grid" layout pushes relevancy
+    # through the encoder one token per patch, after a CLS row, which SigLIP does not have.
 
     # ---- tiny model ----------------------------------------------------------------------------------
     def build_tiny(self, out: Path) -> None:

@@ -205,14 +205,9 @@ class InternVL(ModelFamily):
         per_tile = self.tokens_per_tile(adapter)
         return [f[-per_tile:][i] for f, i in zip(self.image_features(encoding), idx)], True
 
-    # ---- diagnosis -----------------------------------------------------------------------------------
-    def span_geometry(self, adapter: Any, inputs: dict, span_len: int) -> dict:
-        """One square token grid per tile: shown over the whole-image tile (the last), as tokens otherwise."""
-        per_tile = self.tokens_per_tile(adapter)
-        side = int(round(per_tile ** 0.5))
-        if span_len == per_tile and side * side == per_tile:
-            return {"kind": "grid", "side": side, "skip": 0, "vit_offset": 1}
-        return super().span_geometry(adapter, inputs, span_len)
+    # ---- diagnosis: the base default (a bar per image token). A tile's token grid is not the encoder's patch
+    # grid (pixel shuffle puts 2x2 patches in one token), which the diagnosis' vision-relevancy push-through
+    # of the "grid" layout assumes, and the processed image it draws over is the first tile, not the image.
 
     # ---- tiny model ----------------------------------------------------------------------------------
     def build_tiny(self, out: Path) -> None:
