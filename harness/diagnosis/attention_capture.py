@@ -13,7 +13,7 @@ import torch
 
 from harness.models.adapter import VLMAdapter
 
-VISION_ATTENTION = "self_attn"  # the attention module inside a CLIP / BLIP vision encoder layer
+VISION_ATTENTION = "self_attn"  # the default attention module of a vision encoder layer (`ModelFamily.vision_attention`)
 
 
 @dataclass
@@ -61,7 +61,7 @@ def capture_hooks(adapter: VLMAdapter, cap: Captured, vision: bool = True) -> di
     vpath = adapter.sites.get("vision_layers")
     if vpath:
         for i in range(len(adapter.site("vision_layers"))):
-            p = f"{vpath}.{i}.{VISION_ATTENTION}"
+            p = f"{vpath}.{i}.{adapter.spec.vision_attention}"
             hooks[p] = _attn_hook(cap.vision, p)
     qpath = adapter.sites.get("qformer")
     if qpath:

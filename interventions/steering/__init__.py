@@ -49,7 +49,8 @@ def num_vision_layers(adapter: Any) -> int:
 
 def patch_size(adapter: Any) -> int:
     """The vision encoder's patch size in pixels."""
-    return int(adapter.model.config.vision_config.patch_size)
+    patch = adapter.model.config.vision_config.patch_size
+    return int(patch[0] if isinstance(patch, (list, tuple)) else patch)  # InternViT stores (height, width)
 
 
 def block_path(adapter: Any, site: str, layer: int) -> str:

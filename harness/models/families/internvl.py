@@ -112,6 +112,7 @@ class InternVL(ModelFamily):
         "qformer": None,
     }
     vision_keys = ("pixel_values",)
+    vision_attention = "attention"  # InternViT blocks name their attention `attention`
     _image_ids: set = set()  # the <IMG_CONTEXT> ids of the loaded checkpoints (see image_token_id)
 
     def intervention_defaults(self, intervention: str, model: Any) -> dict:
