@@ -49,7 +49,8 @@ implementation is restored afterwards). Works for every family whose language mo
 The guided columns are each row's image-token positions as the model family defines them
 (`adapter.image_token_mask(input_ids)`: LLaVA's 576-token run, LLaVA-NeXT's base crop and tiles, BLIP's
 query tokens, Qwen's image pads, Idefics3's tiles without their row/column marker tokens); left padding moves
-them per row; beam search rows (`B * num_beams`, repeat-interleaved by `generate`) reuse their input row's.
+them per row; in a sliding-window layer whose KV cache keeps only the last keys (Gemma 3) the columns shift
+with the window (image keys that left it are masked anyway); beam search rows (`B * num_beams`, repeat-interleaved by `generate`) reuse their input row's.
 
 Layers: `layers: null` (the default) guides the paper's relative depth of the model
 (`proportional_layers`: 5..18 on the 32-block LLaVA-1.5-7B, exactly the paper's range; 6..23 on 13B;
@@ -250,8 +251,16 @@ class HeadGuide(Intervention):
         alpha, agg, top_k, ref_mask = c["alpha"], c["aggregation"], c["top_k"], c["reference_prefill_mask"]
         columns = image_column_fn(adapter, batch.inputs["input_ids"])
 
+        lengths: dict = {}
+
         def edit(module, scores, mask):
-            cols = columns(scores.shape[0], scores.shape[-1], scores.device)
+            # Keys are absolute positions 0..T-1, except in a sliding-window layer whose cache keeps only the
+            # last keys (Gemma 3, Mistral): there key j is position j + T - K. T is counted per module (the
+            # query length at prefill, one more per decoding step).
+            q, k = scores.shape[2], scores.shape[-1]
+            total = lengths[id(module)] = q if q > 1 or id(module) not in lengths else lengths[id(module)] + 1
+            offset = max(total - k, 0)
+            cols = columns(scores.shape[0], offset + k, scores.device)[..., offset:]
             scores = guide_scores(scores, mask, cols, alpha, agg, top_k)
             if ref_mask and mask is not None and scores.shape[2] > 1:
                 mask = mask[:, :, -1:, :].expand(mask.shape)  # no causal mask at prefill, keep key padding

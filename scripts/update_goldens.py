@@ -23,6 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", nargs="+", choices=sorted(golden_runs()), help="recompute these, keep the others")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
+    from harness.config import register_configs
+
+    register_configs()  # the typed schemas the benchmark / model YAMLs name in their defaults
     out = load_goldens() if args.only and GOLDEN_FILE.exists() else {}
     for label in args.only or golden_runs():
         with tempfile.TemporaryDirectory() as d:

@@ -99,8 +99,9 @@ def encode_record(adapter, record: dict, image: Any | None, max_length: int | No
         raise ValueError("the tokenizer has no eos_token_id")
     with_image = image is not None
     first = adapter.format_prompt(turns[0][0], with_image=with_image)
-    enc = (adapter.processor(images=[image], text=[first], return_tensors="pt") if with_image
-           else adapter.processor(text=[first], return_tensors="pt"))
+    extra = adapter.spec.text_kwargs
+    enc = (adapter.processor(images=[image], text=[first], return_tensors="pt", **extra) if with_image
+           else adapter.processor(text=[first], return_tensors="pt", **extra))
     ids = enc["input_ids"][0].tolist()
     labels = [IGNORE_INDEX] * len(ids)
     for k, (_, answer) in enumerate(turns):

@@ -49,7 +49,8 @@ def num_vision_layers(adapter: Any) -> int:
 
 def patch_size(adapter: Any) -> int:
     """The vision encoder's patch size in pixels."""
-    return int(adapter.model.config.vision_config.patch_size)
+    patch = adapter.model.config.vision_config.patch_size
+    return int(patch[0] if isinstance(patch, (list, tuple)) else patch)  # InternViT stores (height, width)
 
 
 def block_path(adapter: Any, site: str, layer: int) -> str:
@@ -95,7 +96,7 @@ def encode(adapter: Any, image: Any, text: str) -> dict:
 
     The single-row counterpart of `adapter.prepare` for texts that already went through the template.
     """
-    enc = adapter.processor(images=[image], text=[text], return_tensors="pt")
+    enc = adapter.processor(images=[image], text=[text], return_tensors="pt", **adapter.spec.text_kwargs)
     return adapter.to_model(enc)
 
 

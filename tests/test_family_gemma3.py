@@ -1,0 +1,106 @@
+"""Gemma 3: the chat template (one BOS), soft image tokens, token types as a row input (the bidirectional image
+block at prefill), the engine's prefill against the model's own forward, DAMRO's refusal, end to end runs."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from conftest import ROOT
+from harness.models.families.gemma3 import GEMMA3_TEMPLATE
+from interventions.base import build_intervention
+from interventions.contrastive import batch_view, shrink_image_tokens, stack_views
+
+NAME = "tiny_gemma3"
+QUESTIONS = ["Is there a dog?", "Describe the image in detail please.", "What is on the table?", "Is there a car?"]
+
+
+def test_prompt_processor_and_tiny_architecture(tiny_adapters, coco_images):
+    a = tiny_adapters[NAME]
+    assert a.format_prompt("Is there a dog?") == \
+        "<bos><start_of_turn>user\n<start_of_image>Is there a dog?<end_of_turn>\n<start_of_turn>model\n"
+    assert a.processor.chat_template == GEMMA3_TEMPLATE
+    assert type(a.processor.image_processor).__name__ == "Gemma3ImageProcessorPil"
+    b = a.prepare(coco_images[:2], QUESTIONS[:2])
+    ids, mask = b.inputs["input_ids"], b.inputs["attention_mask"]
+    bos = a.tokenizer.bos_token_id
+    for row, m in zip(ids, mask):
+        real = row[m.bool()]
+        assert int(real[0]) == bos and int((real == bos).sum()) == 1  # the template's BOS, not a second one
+    cfg = a.model.config
+    tc = cfg.text_config
+    assert (tc.model_type, tc.head_dim, tc.num_key_value_heads, tc.sliding_window) == ("gemma3_text", 16, 2, 16)
+    assert "sliding_attention" in tc.layer_types and "full_attention" in tc.layer_types
+    assert b.inputs["pixel_values"].shape[0] == 2  # pan-and-scan off: one crop per image
+
+
+def test_image_tokens_and_token_types(tiny_adapters, coco_images):
+    """Only the soft tokens hold features (between <start_of_image> and <end_of_image>); the family's token
+    types are the processor's, rebuilt from any prompt ids."""
+    a = tiny_adapters[NAME]
+    b = a.prepare(coco_images[:3], QUESTIONS[:3])
+    ids = b.inputs["input_ids"]
+    n = a.model.config.mm_tokens_per_image
+    tok = a.tokenizer
+    for row, (s, e) in zip(ids, a.image_spans(ids)):
+        assert e - s == n and int(row[s - 1]) == tok.convert_tokens_to_ids("<start_of_image>")
+        assert int(row[e]) == tok.convert_tokens_to_ids("<end_of_image>")
+    types = a.spec.row_kwargs(a, ids)["token_type_ids"]
+    assert torch.equal(types, b.inputs["token_type_ids"])
+    short, _ = shrink_image_tokens(a, ids, b.inputs["attention_mask"], [2, 2, 2])
+    assert a.spec.row_kwargs(a, short)["token_type_ids"].sum(-1).tolist() == [2, 2, 2]
+
+
+def test_engine_prefill_equals_the_models_forward(tiny_adapters, coco_images):
+    """The engine's prefill (features from the family's encoding, token types from the ids) gives the model's
+    own logits; without token types (a causal image block) they differ, so the bidirectional block is used."""
+    a, spec = tiny_adapters[NAME], tiny_adapters[NAME].spec
+    b = a.prepare(coco_images[:3], QUESTIONS[:3])
+    view = stack_views(a, [batch_view(a, b.inputs)], a.tokenizer.pad_token_id)
+    pos = spec.position_ids(a, view.input_ids, view.attention_mask, view.image_kwargs)
+    with torch.inference_mode():
+        ref = a.model(**b.inputs).logits[:, -1]
+        out = spec.prefill(a, view.input_ids, view.attention_mask, pos, view.encoding, view.image_kwargs)
+        causal = a.model(**{k: v for k, v in b.inputs.items() if k != "token_type_ids"}).logits[:, -1]
+    torch.testing.assert_close(out.logits[:, -1], ref, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(causal, ref, atol=1e-5)
+    feats = spec.image_features(view.encoding)
+    assert len(feats) == 3 and all(f.shape[0] == a.model.config.mm_tokens_per_image for f in feats)
+
+
+def test_damro_refuses_with_the_reason(tiny_adapters):
+    with pytest.raises(ValueError, match="damro cannot run on model family 'gemma3': .*SigLIP .*no CLS token"):
+        build_intervention({"name": "damro"}).setup(tiny_adapters[NAME])
+
+
+def _run(tmp: Path, label: str, overrides: list[str]) -> tuple[dict, list[str]]:
+    """(scores, answers in item order) of `python run.py OVERRIDES benchmark=smoke`, run in tmp/label."""
+    from harness.pipeline import run_job
+
+    d = tmp / label
+    d.mkdir()
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[*overrides, "benchmark=smoke",
+                                                       f"results_store={d / 'results.jsonl'}"])
+    scores = run_job(cfg, d)
+    recs = [json.loads(line) for line in (d / "answers.jsonl").read_text().splitlines()]
+    return scores, [r["answer"] for r in sorted(recs, key=lambda r: str(r["question_id"]))]
+
+
+def test_gemma3_end_to_end(tmp_path):
+    model = [f"model={NAME}"]
+    scores, base = _run(tmp_path, "base", model)
+    assert scores["n"] == 30 and len(base) == 30 and "CHAIRs" in scores and "pope_accuracy" in scores
+    assert _run(tmp_path, "bs1", [*model, "run.batch_size=1"])[1] == base
+    hg = [*model, "intervention=head_guide", "intervention.layers=[1,2]"]
+    assert _run(tmp_path, "hg0", [*hg, "intervention.alpha=0"])[1] == base
+    assert _run(tmp_path, "hg", hg)[1] != base
+    assert _run(tmp_path, "vcd0", [*model, "intervention=vcd", "intervention.alpha=0"])[1] == base
+    _, both = _run(tmp_path, "compose", [*model, "intervention=compose",
+                                          "+intervention.members=[{name: head_guide, layers: [1, 2]}, {name: vcd}]"])
+    assert len(both) == 30 and both != base
+    with pytest.raises(ValueError, match="damro cannot run on model family 'gemma3': .*no CLS token"):
+        _run(tmp_path, "damro", [*model, "intervention=damro"])

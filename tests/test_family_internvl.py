@@ -1,0 +1,134 @@
+"""InternVL: the chat template and image-only processor, dynamic tiles (image tokens, per-image tile counts and
+pixels), the encoding the engine merges, DAMRO's CLS attention through pixel shuffle, and end to end runs."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from conftest import ROOT
+from harness.models.families.internvl import INTERNVL_TEMPLATE, shuffle_groups
+from interventions.base import build_intervention
+from interventions.contrastive import batch_view, stack_views
+from interventions.vcd import noised_pixels
+
+NAME = "tiny_internvl"
+QUESTIONS = ["Is there a dog?", "Describe the image.", "What is on the table?", "Is there a car?"]
+
+
+def test_prompt_processor_and_tiny_architecture(tiny_adapters):
+    a = tiny_adapters[NAME]
+    assert a.format_prompt("Is there a dog?") == \
+        "<|im_start|>user\n<IMG_CONTEXT>\nIs there a dog?<|im_end|>\n<|im_start|>assistant\n"
+    assert a.processor.chat_template == INTERNVL_TEMPLATE
+    assert not hasattr(a.processor, "video_processor")  # built and run without torchvision
+    assert type(a.processor.image_processor).__name__ == "GotOcr2ImageProcessorPil"
+    cfg = a.model.config
+    tc = cfg.text_config
+    assert (tc.model_type, tc.num_attention_heads, tc.num_key_value_heads) == ("qwen2", 4, 2)
+    assert cfg.vision_config.model_type == "internvl_vision" and cfg.downsample_ratio == 0.5
+    assert a.spec.tokens_per_tile(a) == a.processor.image_seq_length == 4  # 4x4 patches, 2x2 after the shuffle
+
+
+def test_tiles_image_tokens_and_pixels_per_image(tiny_adapters, coco_images):
+    """Tile counts as the image processor gives them, one contiguous <IMG_CONTEXT> run per row between <img> and
+    </img>, per-image pixels independent of the batch."""
+    a, spec = tiny_adapters[NAME], tiny_adapters[NAME].spec
+    images = coco_images[:4]
+    b = a.prepare(images, QUESTIONS)
+    vis = spec.vision_inputs(b.inputs)
+    counts = a.processor.image_processor(images, crop_to_patches=True)["num_patches"]
+    assert vis["num_patches"].tolist() == list(counts) and len(set(counts)) > 1  # tiles differ per image
+    ids = b.inputs["input_ids"]
+    tok = a.tokenizer
+    for row, (s, e), n in zip(ids, a.image_spans(ids), counts):
+        assert e - s == 4 * n and int(row[s - 1]) == tok.convert_tokens_to_ids("<img>")
+        assert int(row[e]) == tok.convert_tokens_to_ids("</img>")
+    assert a.image_token_mask(ids).sum(-1).tolist() == [4 * n for n in counts]
+    pieces = spec.split_pixels(vis)
+    singles = [spec.split_pixels(spec.vision_inputs(a.prepare([im], [q]).inputs))[0]
+               for im, q in zip(images, QUESTIONS)]
+    assert all(torch.equal(p, s) for p, s in zip(pieces, singles))
+    assert torch.equal(spec.join_pixels(vis, pieces)["pixel_values"], vis["pixel_values"])
+    noisy = noised_pixels(pieces, 500, 0, b.images)
+    assert torch.equal(noisy[1], noised_pixels(singles[1:2], 500, 0, b.images[1:2])[0])
+
+
+def test_engine_prefill_equals_the_models_forward_and_positions(tiny_adapters, coco_images):
+    """The engine's prefill with the family's encoding gives the model's own logits (pixel path); positions
+    are each row's cumsum - 1 (padding does not shift a row)."""
+    a, spec = tiny_adapters[NAME], tiny_adapters[NAME].spec
+    b = a.prepare(coco_images[:3], QUESTIONS[:3])
+    view = stack_views(a, [batch_view(a, b.inputs)], a.tokenizer.pad_token_id)
+    pos = spec.position_ids(a, view.input_ids, view.attention_mask, view.image_kwargs)
+    with torch.inference_mode():
+        ref = a.model(**b.inputs).logits[:, -1]
+        out = spec.prefill(a, view.input_ids, view.attention_mask, pos, view.encoding, view.image_kwargs)
+    torch.testing.assert_close(out.logits[:, -1], ref, rtol=1e-4, atol=1e-4)
+    for row, mask in zip(pos, view.attention_mask):
+        n = int(mask.sum())
+        assert row[-n:].tolist() == list(range(n)) and not bool(row[:-n].any())
+    feats = spec.image_features(view.encoding)
+    assert [f.shape[0] for f in feats] == a.image_token_mask(b.inputs["input_ids"]).sum(-1).tolist()
+
+
+def test_pixel_shuffle_groups_are_2x2_blocks(tiny_adapters):
+    groups = shuffle_groups(tiny_adapters[NAME].model, 4)
+    assert groups.shape == (4, 4) and sorted(groups.flatten().tolist()) == list(range(16))
+    for g in groups.tolist():
+        rows, cols = {i // 4 for i in g}, {i % 4 for i in g}
+        assert len(rows) == len(cols) == 2 and max(rows) - min(rows) == 1 and max(cols) - min(cols) == 1
+        assert min(rows) % 2 == 0 and min(cols) % 2 == 0
+
+
+def test_damro_cls_attention_is_the_encoders_own(tiny_adapters, coco_images):
+    """The recipe's CLS row equals the encoder's eager attention (head mean), summed over each token's 2x2
+    patches, on each image's last (whole-image) tile; the kept features are that tile's top-k tokens."""
+    a, spec = tiny_adapters[NAME], tiny_adapters[NAME].spec
+    b = a.prepare(coco_images[:3], QUESTIONS[:3])
+    vis = spec.vision_inputs(b.inputs)
+    enc, cls_attn, _ = spec.cls_patch_attention(a, vis)
+    last = torch.cumsum(vis["num_patches"], 0) - 1
+    with torch.inference_mode():
+        att = a.model.model.vision_tower(pixel_values=vis["pixel_values"], output_attentions=True).attentions[-1]
+    ref = att[last][:, :, 0, 1:].float().mean(1)[:, shuffle_groups(a.model, 4)].sum(-1)
+    torch.testing.assert_close(cls_attn, ref, rtol=1e-5, atol=1e-6)
+    idx = torch.topk(cls_attn, 2, dim=1).indices
+    kept, shrinks = spec.topk_features(a, enc, None, idx, vis, False)
+    assert shrinks
+    for f, k, i in zip(spec.image_features(enc), kept, idx):
+        assert torch.equal(k, f[-4:][i])
+
+
+def _run(tmp: Path, label: str, overrides: list[str]) -> tuple[dict, list[str]]:
+    """(scores, answers in item order) of `python run.py OVERRIDES benchmark=smoke`, run in tmp/label."""
+    from harness.pipeline import run_job
+
+    d = tmp / label
+    d.mkdir()
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[*overrides, "benchmark=smoke",
+                                                       f"results_store={d / 'results.jsonl'}"])
+    scores = run_job(cfg, d)
+    recs = [json.loads(line) for line in (d / "answers.jsonl").read_text().splitlines()]
+    return scores, [r["answer"] for r in sorted(recs, key=lambda r: str(r["question_id"]))]
+
+
+def test_internvl_end_to_end(tmp_path):
+    model = [f"model={NAME}"]
+    scores, base = _run(tmp_path, "base", model)
+    assert scores["n"] == 30 and len(base) == 30 and "CHAIRs" in scores and "pope_accuracy" in scores
+    # images with different tile counts in one batch answer as alone
+    assert _run(tmp_path, "bs1", [*model, "run.batch_size=1"])[1] == base
+    hg = [*model, "intervention=head_guide", "intervention.layers=[1,2]"]
+    assert _run(tmp_path, "hg0", [*hg, "intervention.alpha=0"])[1] == base
+    assert _run(tmp_path, "hg", hg)[1] != base
+    assert _run(tmp_path, "vcd0", [*model, "intervention=vcd", "intervention.alpha=0"])[1] == base
+    _, both = _run(tmp_path, "compose", [*model, "intervention=compose",
+                                          "+intervention.members=[{name: head_guide, layers: [1, 2]}, {name: vcd}]"])
+    assert len(both) == 30 and both != base
+    _, damro = _run(tmp_path, "damro", [*model, "intervention=damro"])
+    assert len(damro) == 30 and damro != base
