@@ -1,9 +1,10 @@
 """The OPERA beam loop over transformers' KV cache (see interventions/opera.py for the method and its options).
 
 All rows (B items x N beams) share one DynamicCache and advance together. Items live in groups
-(`_Group`): the whole batch when rollback is off, one item each when it is on, so that an item can go back
-to an earlier step while the others go on. Its own beam state, response length t, attention history and
-rollback bookkeeping are per group. The shared cache has one physical column per fed token; a column a row
+(`_Group`, contiguous rows): the whole batch starts as one; an item that rolls back splits off into a group
+of its own (the others stay in contiguous runs), so it can go back to an earlier step while the others go
+on. Beam state, response length t, attention history and snapshots are per group; rollback counts, rejected
+pairs and the trace per item. The shared cache has one physical column per fed token; a column a row
 must not see (the unused candidates, a rolled-back item's undone tokens, a row that is only carried along)
 is a hole: 0 in the 2D attention mask, so the model's masks never attend to it, and each row's position ids
 are its own (prompt position + t + 1). `cols` maps a group's response tokens to their physical columns.
