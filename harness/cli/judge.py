@@ -14,9 +14,11 @@ import sys
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-
+from harness.config import register_configs
 from harness.judge import JudgeUnavailableError, run_judge
 from harness.judge.stats import judge_table
+
+register_configs()  # configs/judge.yaml starts from the typed schema `pairwise_judge_schema`
 
 log = logging.getLogger("judge_pairwise")
 
