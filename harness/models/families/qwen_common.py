@@ -3,8 +3,8 @@
 - Dynamic resolution: the image processor resizes an image to multiples of patch*merge pixels (between
   `min_pixels` and `max_pixels`) and flattens it to `pixel_values` [sum of patches, C*T*P*P] with one row of
   `image_grid_thw` (t, h, w in patches) per image; the prompt holds one run of `<|image_pad|>` tokens per image,
-  t*h*w / merge^2 of them, between `<|vision_start|>` and `<|vision_end|>`. `split_pixels` / `join_pixels`
-  cut and glue the flat tensor by the grids.
+  t*h*w / merge^2 of them, between `<|vision_start|>` and `<|vision_end|>`. `split_pixels` cuts the flat tensor by the grids and
+  reassembles each image [C, H, W] (`unpatchify`); `join_pixels` lays images out again (`patchify`).
 - M-RoPE: position ids are [4, B, L] as `generate` builds them (`_prepare_position_ids_for_generation`): row 0
   the text positions (`cumsum - 1`, used for mask construction only), rows 1..3 the (t, h, w) positions of the
   model's own `get_rope_index` over the left-padded rows; an image advances the text positions by max(h, w) /
@@ -12,7 +12,10 @@
   `next_position_ids`), which is what `generate` does with the stored `rope_deltas`.
 - `mm_token_type_ids` (1 on image tokens) is rebuilt from the prompt ids for every view (`row_kwargs`).
 - The processors are image-only: transformers' Qwen processors load a video processor, which needs torchvision.
-- The ViT has no CLS token, so DAMRO's CLS-attention recipe does not apply (refused with that reason).
+- The ViT has no CLS token, so DAMRO's CLS-attention recipe does not apply (refused with that reason); its
+  attention returns no weights (no vision-side relevancy in diagnosis), and with a grid per image there are
+  no per-patch-position steering directions (VTI builds text directions only; VaLSe is refused).
+- Diagnosis: the `patch_grid` layout (rows x cols of merged tokens) over the resized image.
 """
 from __future__ import annotations
 
