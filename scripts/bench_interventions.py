@@ -55,7 +55,8 @@ def intervention_configs() -> dict:
             print(f"# {name}: not registered, skipped")
             continue
         path = ROOT / "configs" / "intervention" / f"{name}.yaml"
-        cfgs[name] = yaml.safe_load(path.read_text()) if path.exists() else {"name": name}
+        node = yaml.safe_load(path.read_text()) if path.exists() else {"name": name}
+        cfgs[name] = {k: v for k, v in node.items() if k != "defaults"}  # the Hydra schema line is not a value
     return cfgs
 
 
