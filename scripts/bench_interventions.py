@@ -27,7 +27,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 import torch
-import yaml
 
 from harness.registry import INTERVENTIONS
 from harness.runner import generate_with_plan

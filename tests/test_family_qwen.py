@@ -73,9 +73,11 @@ def test_pixels_split_by_grid_are_the_single_images_pixels(tiny_adapters, coco_i
     pieces = spec.split_pixels(vis)
     singles = [spec.split_pixels(spec.vision_inputs(a.prepare([im], [q]).inputs))[0] for im, q in zip(imgs, QUESTIONS)]
     assert all(torch.equal(p, s) for p, s in zip(pieces, singles))
-    assert torch.equal(spec.join_pixels(vis, pieces)["pixel_values"], vis["pixel_values"])
-    with pytest.raises(ValueError, match="do not fit image_grid_thw"):
-        spec.join_pixels(vis, pieces[::-1])
+    patch = a.processor.image_processor.patch_size
+    assert [tuple(p.shape) for p in pieces] == [(3, int(g[1]) * patch, int(g[2]) * patch) for g in vis["image_grid_thw"]]
+    assert torch.equal(spec.join_pixels(vis, pieces)["pixel_values"], vis["pixel_values"])  # lossless for images
+    with pytest.raises(ValueError, match="3 pixel pieces for 4 images"):
+        spec.join_pixels(vis, pieces[:3])
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -3,8 +3,8 @@
 - Dynamic resolution: the image processor resizes an image to multiples of patch*merge pixels (between
   `min_pixels` and `max_pixels`) and flattens it to `pixel_values` [sum of patches, C*T*P*P] with one row of
   `image_grid_thw` (t, h, w in patches) per image; the prompt holds one run of `<|image_pad|>` tokens per image,
-  t*h*w / merge^2 of them, between `<|vision_start|>` and `<|vision_end|>`. `split_pixels` / `join_pixels`
-  cut and glue the flat tensor by the grids.
+  t*h*w / merge^2 of them, between `<|vision_start|>` and `<|vision_end|>`. `split_pixels` cuts the flat tensor by the grids and
+  reassembles each image [C, H, W] (`unpatchify`); `join_pixels` lays images out again (`patchify`).
 - M-RoPE: position ids are [4, B, L] as `generate` builds them (`_prepare_position_ids_for_generation`): row 0
   the text positions (`cumsum - 1`, used for mask construction only), rows 1..3 the (t, h, w) positions of the
   model's own `get_rope_index` over the left-padded rows; an image advances the text positions by max(h, w) /
@@ -12,7 +12,10 @@
   `next_position_ids`), which is what `generate` does with the stored `rope_deltas`.
 - `mm_token_type_ids` (1 on image tokens) is rebuilt from the prompt ids for every view (`row_kwargs`).
 - The processors are image-only: transformers' Qwen processors load a video processor, which needs torchvision.
-- The ViT has no CLS token, so DAMRO's CLS-attention recipe does not apply (refused with that reason).
+- The ViT has no CLS token, so DAMRO's CLS-attention recipe does not apply (refused with that reason); its
+  attention returns no weights (no vision-side relevancy in diagnosis), and with a grid per image there are
+  no per-patch-position steering directions (VTI builds text directions only; VaLSe is refused).
+- Diagnosis: the `patch_grid` layout (rows x cols of merged tokens) over the resized image.
 """
 from __future__ import annotations
 
@@ -89,6 +92,9 @@ class QwenVLFamily(ModelFamily):
         "at dynamic resolution every image has its own patch grid and token count, so directions per patch "
         "position (VTI) and relevancy-guided patch masks (VaLSe) are not defined, and the ViT's attention returns "
         "no weights")
+    #: the image processors' temporal patch size and merge size (2 and 2 in every Qwen2/2.5/3-VL checkpoint)
+    temporal_patch_size: int = 2
+    merge_size: int = 2
     #: transformers' processor class this family's image-only processor derives from
     processor_class: str = "Qwen2VLProcessor"
 
@@ -112,17 +118,20 @@ class QwenVLFamily(ModelFamily):
                                                       image_grid_thw=vis["image_grid_thw"], return_dict=True)
 
     def split_pixels(self, vis: dict) -> list[torch.Tensor]:
-        """Per image, its rows of the flat patch tensor (t*h*w rows each, by `image_grid_thw`)."""
+        """Per image, its resized image [C, H, W] reassembled from its rows of the flat patch tensor, so a
+        pixel-space view (VCD's noise) alters the image once, as the reference alters its image tensor (the
+        processor's flat rows hold every pixel `temporal_patch_size` times)."""
         sizes = vis["image_grid_thw"].prod(-1).tolist()
-        return list(vis["pixel_values"].split(sizes))
+        return [unpatchify(rows, grid.tolist(), self.merge_size, self.temporal_patch_size)
+                for rows, grid in zip(vis["pixel_values"].split(sizes), vis["image_grid_thw"])]
 
     def join_pixels(self, vis: dict, pieces: Sequence[torch.Tensor]) -> dict:
-        """`vis` with its flat patch tensor rebuilt from per-image pieces (the grids unchanged)."""
-        sizes = vis["image_grid_thw"].prod(-1).tolist()
-        if [p.shape[0] for p in pieces] != sizes:
-            raise ValueError(f"pixel pieces of {[p.shape[0] for p in pieces]} patches do not fit image_grid_thw "
-                             f"({sizes} patches)")
-        return {**vis, "pixel_values": torch.cat(list(pieces))}
+        """`vis` with its flat patch tensor rebuilt from per-image images (inverse of `split_pixels`)."""
+        grids = vis["image_grid_thw"].tolist()
+        if len(pieces) != len(grids):
+            raise ValueError(f"{len(pieces)} pixel pieces for {len(grids)} images in image_grid_thw")
+        return {**vis, "pixel_values": torch.cat([patchify(img, grid, self.merge_size, self.temporal_patch_size)
+                                                  for img, grid in zip(pieces, grids)])}
 
     # ---- the language model inside a decoding engine ---------------------------------------------------
     def position_ids(self, adapter: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -141,15 +150,9 @@ class QwenVLFamily(ModelFamily):
 
     # ---- diagnosis -----------------------------------------------------------------------------------
     def model_view_pixels(self, adapter: Any, inputs: dict) -> torch.Tensor:
-        """The first image's resized pixels [C, H, W], reassembled from its flat patches (the inverse of the image
-        processor's `patchify`: rows are (h/m, w/m, m, m) patches of (C, T, P, P) values; frame 0 is kept)."""
-        ip = adapter.processor.image_processor
-        p, m, tp_ = int(ip.patch_size), int(ip.merge_size), int(ip.temporal_patch_size)
-        t, h, w = (int(x) for x in inputs["image_grid_thw"][0])
-        px = inputs["pixel_values"][: t * h * w].reshape(t, h // m, w // m, m, m, -1, tp_, p, p)
-        c = px.shape[5]
-        # (t, gh, gw, mh, mw, C, T, ph, pw) -> (C, gh, mh, ph, gw, mw, pw) of frame 0
-        return px[0, ..., 0, :, :].permute(4, 0, 2, 5, 1, 3, 6).reshape(c, h * p, w * p)
+        """The first image's resized pixels [C, H, W], reassembled from its flat patches."""
+        return self.split_pixels({k: inputs[k][:1] if k == "image_grid_thw" else inputs[k]
+                                  for k in ("pixel_values", "image_grid_thw")})[0]
 
     def span_geometry(self, adapter: Any, inputs: dict, span_len: int) -> dict:
         """`patch_grid`: the span is the first image's merged-token grid, row-major (rows x cols = grid h, w / merge)
@@ -162,6 +165,29 @@ class QwenVLFamily(ModelFamily):
             if t * rows * cols == span_len and t == 1:
                 return {"kind": "patch_grid", "rows": rows, "cols": cols, "merge": merge, "t": t}
         return super().span_geometry(adapter, inputs, span_len)
+
+
+def unpatchify(rows: torch.Tensor, grid: Sequence[int], merge: int, temporal: int) -> torch.Tensor:
+    """One image [C, H, W] from its flat rows [t*h*w, C*T*P*P] (the inverse of the image processor's `patchify`:
+    rows are (h/m, w/m, m, m) patches of (C, T, P, P) values); the first frame of the first temporal patch."""
+    t, h, w = (int(x) for x in grid)
+    if t != 1:
+        raise ValueError(f"image_grid_thw {list(grid)}: an image has one temporal patch (t = 1), not a video")
+    p = round((rows.shape[-1] / (3 * temporal)) ** 0.5)
+    if rows.shape != (h * w, 3 * temporal * p * p):
+        raise ValueError(f"pixel rows {tuple(rows.shape)} do not fit image_grid_thw {list(grid)}")
+    px = rows.reshape(h // merge, w // merge, merge, merge, 3, temporal, p, p)[..., 0, :, :]
+    return px.permute(4, 0, 2, 5, 1, 3, 6).reshape(3, h * p, w * p)  # (C, gh, mh, ph, gw, mw, pw)
+
+
+def patchify(image: torch.Tensor, grid: Sequence[int], merge: int, temporal: int) -> torch.Tensor:
+    """Flat rows [h*w, C*T*P*P] of an image [C, H, W], as the image processor's `patchify` lays them out."""
+    t, h, w = (int(x) for x in grid)
+    c, height, _ = image.shape
+    p = height // h
+    px = image.reshape(c, h // merge, merge, p, w // merge, merge, p).permute(1, 4, 2, 5, 0, 3, 6)
+    px = px[:, :, :, :, :, None].expand(*px.shape[:5], temporal, p, p)
+    return px.reshape(h * w, c * temporal * p * p)
 
 
 def tiny_text_config(tok, **over) -> dict:
@@ -200,5 +226,5 @@ def tiny_image_processor(patch: int, mean: Sequence[float], std: Sequence[float]
                                     image_mean=list(mean), image_std=list(std))
 
 
-__all__ = ["QWEN2_VL_TEMPLATE", "QWEN_SPECIALS", "QwenVLFamily", "image_only_processor_class", "tiny_image_processor",
-           "tiny_text_config", "tiny_tokenizer", "token_ids"]
+__all__ = ["QWEN2_VL_TEMPLATE", "QWEN_SPECIALS", "QwenVLFamily", "image_only_processor_class", "patchify",
+           "tiny_image_processor", "tiny_text_config", "tiny_tokenizer", "token_ids", "unpatchify"]
