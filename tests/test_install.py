@@ -73,6 +73,11 @@ def test_installed_package_is_the_one_imported(venv, tmp_path):
                                   text=True)
     assert all(str(venv) in line for line in out.split()), out
     assert all((venv / "bin" / f"halluc-bench-{t}").is_file() for t in TOOLS)
+    # a Hydra tool composes its config from the installed package, an argparse tool finds the shipped data
+    judge = _run(venv, ["halluc-bench-judge", "--cfg", "job", "judge.names=[a,b]"], tmp_path)
+    assert "answers_a" in judge.stdout and "names:" in judge.stdout
+    repro = _run(venv, ["halluc-bench-reproduce", "--dry-run", "--out", str(tmp_path / "r")], tmp_path)
+    assert repro.stdout.count("experiment=repro_") == 3 and "-m harness.cli.run" in repro.stdout
 
 
 def test_default_run_and_score_only_from_another_folder(venv, tmp_path):
