@@ -14,7 +14,6 @@ import sys
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-
 from harness.judge import JudgeUnavailableError, run_judge
 from harness.judge.stats import judge_table
 
