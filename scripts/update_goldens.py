@@ -9,7 +9,6 @@ import json
 import tempfile
 from pathlib import Path
 
-
 import torch
 
 from harness.golden import GOLDEN_FILE, golden_runs, golden_scores, load_goldens

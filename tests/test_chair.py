@@ -2,7 +2,6 @@
 hand-checked caption rules, id handling, answer formats, and the ground-truth builder."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -15,7 +14,6 @@ from benchmarks.chair_metric import (analyse_caption, caption_detail, caption_ob
                                      coco_image_id, lemma_pos_tokens, load_ground_truth, load_vocab)
 from harness.registry import BENCHMARKS
 
-ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parent / "data"
 TABLE1 = sorted((DATA / "chair_captions" / "less_is_more_table1").glob("*.jsonl"))
 MAXLINN = DATA / "chair_captions" / "maxlinn_example"
@@ -178,9 +176,8 @@ def test_chair_evaluate_counts():
 
 # ------------------------------------------------------------------ ground-truth builder
 def _load_builder():
-    spec = importlib.util.spec_from_file_location("build_chair_gt", ROOT / "scripts" / "build_chair_gt.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    import harness.cli.build_chair_gt as mod
+
     return mod
 
 

@@ -2,7 +2,7 @@
 the training and scoring scripts, and the LLaVA-codebase LoRA converter (all on tiny models, CPU)."""
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import math
 
@@ -21,10 +21,8 @@ EOS = 2
 
 
 def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    """The code of `scripts/<name>.py` (a shim of harness/cli/<name>.py)."""
+    return importlib.import_module(f"harness.cli.{name}")
 
 
 def _random_example(seed: int = 0, b: int = 3, t: int = 9, v: int = 13):

@@ -27,7 +27,6 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Callable, Iterable
 
-
 from benchmarks.chair_metric import ChairVocab, analyse_words, lemma_pos_tokens, load_vocab
 
 

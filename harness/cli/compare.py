@@ -16,7 +16,6 @@ import json
 import sys
 from pathlib import Path
 
-
 from harness.compare import compare_runs, format_comparison
 
 

@@ -18,7 +18,6 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-
 import harness.cli.run  # noqa: F401  (registers the run-directory slug resolver and the typed schemas)
 
 log = logging.getLogger("diagnose")

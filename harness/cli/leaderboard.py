@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 
-
 from harness.leaderboard import write_leaderboard
 from harness.results import read_results
 

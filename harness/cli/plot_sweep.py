@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-
 from harness.results import read_results
 from harness.sweep_plot import plot_sweep
 

@@ -34,7 +34,6 @@ import sys
 from typing import Any
 
 
-
 def compose_config(overrides: list[str]) -> dict:
     """model / benchmark / decoding / run / seed of run.py's config under Hydra overrides, as plain dicts."""
     from hydra import compose, initialize_config_module

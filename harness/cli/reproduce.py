@@ -19,7 +19,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 from benchmarks.base import DATA_DIR
 
 DEFAULT_REFERENCE = DATA_DIR / "reproduction" / "llava15_7b.json"

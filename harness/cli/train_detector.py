@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 
 
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from harness.detect.mlp import REFERENCE_GRID
 

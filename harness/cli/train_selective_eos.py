@@ -32,9 +32,7 @@ import sys
 import time
 from pathlib import Path
 
-
 import torch
-
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
