@@ -69,11 +69,13 @@ def benchmark_config(spec: Sequence[str]) -> dict | None:
         if overrides:
             raise ValueError("benchmark.KEY=VALUE overrides need benchmark=NAME too")
         return None
+    from harness.config import group_defaults
+
     path = ROOT / "configs" / "benchmark" / f"{name}.yaml"
     if not path.is_file():
         choices = sorted(q.stem for q in (ROOT / "configs" / "benchmark").glob("*.yaml"))
         raise ValueError(f"unknown benchmark config {name!r}; valid choices: {', '.join(choices)}")
-    cfg = dict(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
+    cfg = group_defaults("benchmark", name)
     for a in overrides:
         key, _, value = a[len("benchmark."):].partition("=")
         cfg[key] = yaml.safe_load(value)

@@ -34,12 +34,16 @@ def flatten(d: dict, prefix: str = "") -> dict:
 
 
 def check_store_writable(store: str | Path) -> None:
-    """Raise OutputNotWritableError unless a row could be appended to the store (creates its folder)."""
+    """Raise OutputNotWritableError unless a row could be appended to the store (creates its folder, not the
+    store: a run that fails before scoring leaves no empty store behind)."""
     store = Path(store)
     try:
         store.parent.mkdir(parents=True, exist_ok=True)
+        existed = store.exists()
         with open(store, "a", encoding="utf-8"):
             pass
+        if not existed:
+            store.unlink()
     except OSError as e:
         raise OutputNotWritableError(f"results_store={store} cannot be written ({e.strerror or e}); "
                                      f"set results_store=PATH to a writable file") from None

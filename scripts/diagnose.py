@@ -22,10 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from run import _slug  # noqa: E402  (the run-directory slug resolver of run.py)
-
-if not OmegaConf.has_resolver("hb_slug"):
-    OmegaConf.register_new_resolver("hb_slug", _slug)
+import harness.cli.run  # noqa: E402,F401  (registers the run-directory slug resolver and the typed schemas)
 
 log = logging.getLogger("diagnose")
 

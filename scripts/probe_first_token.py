@@ -44,7 +44,7 @@ def compose_config(overrides: list[str]) -> dict:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    import run  # noqa: F401  (registers run.py's resolvers)
+    import harness.cli.run  # noqa: F401  (registers the run-directory resolver and the typed schemas)
 
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=list(overrides))

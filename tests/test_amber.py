@@ -111,7 +111,7 @@ def test_answer_files_and_id_checks(tmp_path):
         bench.score(rows[1005:])
     with pytest.raises(ValueError, match="duplicate"):
         bench.score(rows + [{"id": 2000, "response": "No"}])
-    with pytest.raises(ValueError, match="valid choices"):
+    with pytest.raises(ValueError, match="benchmark.task: expected one of .*got 'captions'"):
         Amber({"task": "captions"})
 
 

@@ -31,12 +31,13 @@ def test_provenance_names_commit_versions_files_judge_decoding_and_seed():
 
 
 def test_judge_model_is_recorded_for_judged_benchmarks():
-    class Judged(POPE):
-        pass
+    from benchmarks.mmhal_bench import MMHalBench
 
-    assert run_provenance(Judged({"judge": {"model": "gpt-4o-2024-05-13"}}), None, None)["judge_model"] == \
+    assert run_provenance(MMHalBench({"judge": {"model": "gpt-4o-2024-05-13"}}), None, None)["judge_model"] == \
         "gpt-4o-2024-05-13"
-    assert run_provenance(Judged({"judge_model": "gpt-4-0613"}), None, None)["judge_model"] == "gpt-4-0613"
+    # judge.model null: the reference's judge (MMHal-Bench's gpt-4-0314) is the one used and recorded
+    assert run_provenance(MMHalBench({"judge": {}}), None, None)["judge_model"] == "gpt-4-0314"
+    assert run_provenance(POPE({}), None, None)["judge_model"] is None
 
 
 def test_bootstrap_settings_change_neither_fingerprint_nor_answers_identity():

@@ -39,7 +39,6 @@ def _one_line_error(proc, *needles):
 @pytest.mark.parametrize("override, key", [
     ("run.batch_size=0", "run.batch_size"),
     ("run.batch_size=-2", "run.batch_size"),
-    ("run.batch_size=abc", "run.batch_size"),
     ("run.limit=0", "run.limit"),
     ("run.limit=-3", "run.limit"),
     ("decoding.max_new_tokens=0", "decoding.max_new_tokens"),
@@ -59,6 +58,19 @@ def test_bad_config_values_fail_before_the_model_loads_and_store_nothing(tmp_pat
     with pytest.raises(ConfigValueError, match=key.replace(".", r"\.")):
         run_job(cfg, tmp_path / "run")
     assert not (tmp_path / "r.jsonl").exists() and not (tmp_path / "run" / "answers.jsonl").exists()
+
+
+def test_a_value_of_the_wrong_type_is_refused_when_the_config_is_composed(tmp_path):
+    from harness.config import config_error_line
+
+    with pytest.raises(Exception) as err:
+        compose([*BASE, "run.batch_size=abc"])
+    assert config_error_line(err.value).startswith("run.batch_size: ")
+    store = tmp_path / "r.jsonl"
+    proc = run_cli([*BASE, "run.batch_size=abc", f"hydra.run.dir={tmp_path / 'run'}", f"results_store={store}"],
+                   check=False)
+    _one_line_error(proc, "run.batch_size", "abc")
+    assert not store.exists()
 
 
 def test_bad_value_is_one_line_on_the_command_line(tmp_path):

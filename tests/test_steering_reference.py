@@ -167,11 +167,27 @@ def test_reference_options_are_checked(tiny_adapters, tmp_path):
 
 
 # ---- application ---------------------------------------------------------------------------------
-def _random_vectors(adapter, name, path):
+def _vision_positions(adapter, images) -> int:
+    """How many positions the first vision block outputs per image (crop) for this model's image size."""
+    from interventions.steering import block_output
+
+    got = {}
+
+    def grab(module, args, out):
+        got["n"] = block_output(out).shape[-2]
+
+    batch = adapter.prepare(images[:1], ["Is there a dog?"])
+    with forward_hooks(adapter.model, {f"{adapter.site_path('vision_layers')}.0": grab}), torch.inference_mode():
+        adapter.model(**batch.inputs)
+    return got["n"]
+
+
+def _random_vectors(adapter, name, path, images):
     g = torch.Generator().manual_seed(1)
     width = adapter.model.config.vision_config.hidden_size
+    n = _vision_positions(adapter, images)
     tensors = {f"text.{l}": torch.randn(64, generator=g) for l in range(adapter.num_layers)}
-    tensors.update({f"vision.{l}": torch.randn(17, width, generator=g) for l in range(len(adapter.site("vision_layers")))})
+    tensors.update({f"vision.{l}": torch.randn(n, width, generator=g) for l in range(len(adapter.site("vision_layers")))})
     save_steering(path, tensors, {"method": "vti", "model": {"name": name, "family": adapter.family}})
     return tensors
 
@@ -203,7 +219,7 @@ def _vti_layer(x, direction, lam):
 
 def test_renorm_at_the_mlp_equals_vtis_formula(tiny_adapters, coco_images, tmp_path):
     for name, adapter in tiny_adapters.items():
-        tensors = _random_vectors(adapter, name, tmp_path / name)
+        tensors = _random_vectors(adapter, name, tmp_path / name, coco_images)
         batch = adapter.prepare(coco_images[:2], ["Please describe this image in detail.", "Is there a dog?"])
         for kind, site, layer, kw in [("text", "decoder_layers", 1, {"lam_text": 0.8, "lam_vision": 0.0, "layers": [1]}),
                                       ("vision", "vision_layers", 0, {"lam_text": 0.0, "lam_vision": 0.9,
@@ -223,7 +239,7 @@ def test_renorm_at_the_mlp_equals_vtis_formula(tiny_adapters, coco_images, tmp_p
 def test_renorm_strength_zero_is_the_baseline(tiny_adapters, coco_images, tmp_path):
     decoding = {"strategy": "greedy", "max_new_tokens": 6}
     for name, adapter in tiny_adapters.items():
-        _random_vectors(adapter, name, tmp_path / name)
+        _random_vectors(adapter, name, tmp_path / name, coco_images)
         batch = adapter.prepare(coco_images[:2], ["Please describe this image in detail.", "Is there a dog?"])
         base = adapter.generate_ids(batch, decoding)
         steer = build_intervention({"name": "steer", "vectors": str(tmp_path / name), "lam": 0.0, "site": "mlp",
@@ -234,9 +250,9 @@ def test_renorm_strength_zero_is_the_baseline(tiny_adapters, coco_images, tmp_pa
 
 
 def test_site_and_mode_are_checked(tiny_adapters, tmp_path):
-    with pytest.raises(ValueError, match="intervention.site='attn'; valid choices: block, mlp"):
+    with pytest.raises(ValueError, match="intervention.site: expected one of block, mlp, got 'attn'"):
         build_intervention({"name": "steer", "vectors": "x", "site": "attn"})
-    with pytest.raises(ValueError, match="intervention.mode='mul'; valid choices: add, renorm"):
+    with pytest.raises(ValueError, match="intervention.mode: expected one of add, renorm, got 'mul'"):
         build_intervention({"name": "steer", "vectors": "x", "mode": "mul"})
     adapter = tiny_adapters["tiny_blip2"]
     assert mlp_path(adapter, "decoder_layers", 0).endswith("layers.0.fc2")  # OPT: the MLP ends in fc2
