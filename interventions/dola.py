@@ -207,8 +207,9 @@ class Dola(Intervention):
             taps = LayerTaps(adapter.decoder_layers(), layers)
             proc = DolaProcessor(taps, layers, head, norm, float(c["relative_top"]), bool(c["reference_batch_mean"]),
                                  penalty)
-            try:
-                return adapter.generate_ids(batch, d, [proc, *(logits_processors or [])], **kw)
+            try:  # repetition_penalty=1.0: no checkpoint generation_config penalty before the contrast either
+                return adapter.generate_ids(batch, d, [proc, *(logits_processors or [])],
+                                            **{**kw, "repetition_penalty": 1.0})
             finally:
                 taps.remove()
 

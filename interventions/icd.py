@@ -49,17 +49,18 @@ from interventions.contrastive import ContrastiveIntervention, View, batch_view
 PLACEMENTS = ("system", "question", "qformer")
 
 
-def reads_instruction(adapter: Any) -> bool:
-    """Whether the family's image encoder takes the instruction text (InstructBLIP's Q-Former)."""
-    return "qformer_input_ids" in adapter.spec.vision_keys
+def reads_instruction(model: Any) -> bool:
+    """Whether the family's image encoder takes the instruction text (InstructBLIP's Q-Former); `model` is an
+    adapter or a ModelInfo."""
+    return "qformer_input_ids" in model.spec.vision_keys
 
 
-def default_placement(adapter: Any) -> str:
-    """qformer where the image encoder reads the instruction, system where the prompt has a system turn,
-    else question."""
-    if reads_instruction(adapter):
+def default_placement(model: Any) -> str:
+    """qformer where the image encoder reads the instruction, system where the prompt has a system turn (a chat
+    template, or a string template with a "USER:" turn), else question; `model` is an adapter or a ModelInfo."""
+    if reads_instruction(model):
         return "qformer"
-    if adapter.prompt_template is None or "USER:" in adapter.prompt_template:
+    if model.prompt_template is None or "USER:" in model.prompt_template:
         return "system"
     return "question"
 
@@ -106,10 +107,13 @@ class Icd(ContrastiveIntervention, Intervention):
             raise ValueError(f"icd.prompt_index={i}: there are {len(prompts)} prompts (valid 0..{len(prompts) - 1})")
         return str(prompts[i])
 
+    def model_defaults(self, model: Any) -> dict:
+        """`placement: null` -> this model's placement (`default_placement`), before any weights load."""
+        return {"placement": default_placement(model)}
+
     def setup(self, adapter: Any) -> None:
         """Resolve `placement` for this model and check that it applies."""
-        if self.cfg.get("placement") is None:
-            self.cfg["placement"] = default_placement(adapter)
+        self.resolve(adapter.info)
         if self.cfg["placement"] == "qformer" and not reads_instruction(adapter):
             raise ValueError(f"icd placement=qformer cannot run on model family {adapter.family!r}: its image "
                              f"encoder takes no instruction text (only InstructBLIP-style Q-Formers do)")

@@ -476,3 +476,24 @@ def test_pai_16_greedy_tokens_equal_reference_loop(tiny_adapters, coco_images):
             assert got[i, :len(ref)].tolist() == ref
     finally:
         config._attn_implementation_internal = saved
+
+
+# ---- the run entry point -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("method", ["pai", "icd", "m3id", "dola"])
+def test_smoke_run_in_process(tmp_path, method):
+    """`python run.py intervention=<method> benchmark=smoke` (two items, in-process), its parameters recorded."""
+    import json
+
+    from hydra import compose, initialize_config_dir
+
+    from conftest import ROOT
+    from harness.pipeline import run_job
+
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"intervention={method}", "benchmark=smoke", "run.limit=2",
+                                                       f"results_store={tmp_path / 'results.jsonl'}"])
+    scores = run_job(cfg, tmp_path)
+    recs = [json.loads(line) for line in (tmp_path / "answers.jsonl").read_text().splitlines()]
+    assert scores["n"] == len(recs) > 0 and all(isinstance(r["answer"], str) for r in recs)
+    params = recs[0]["fingerprint"]["intervention"]["params"]
+    assert recs[0]["fingerprint"]["intervention"]["name"] == method and None not in params.values()

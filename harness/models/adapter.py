@@ -56,7 +56,7 @@ class VLMAdapter:
         """The model's ModelInfo (family object and HF config), what interventions resolve defaults against."""
         from harness.models.loader import ModelInfo
 
-        return ModelInfo(self.spec, self.model.config, self.name)
+        return ModelInfo(self.spec, self.model.config, self.name, self.prompt_template)
 
     # ---- sites -------------------------------------------------------------------------------
     def site(self, name: str) -> torch.nn.Module:

@@ -32,6 +32,7 @@ class ModelInfo:
     spec: Any  # the ModelFamily
     config: Any  # the transformers PretrainedConfig
     name: str = ""
+    prompt_template: str | None = None  # the prompt template in use (model config, else the family's; None: chat)
 
     @property
     def num_layers(self) -> int:
@@ -66,7 +67,8 @@ def load_model_info(cfg: Mapping[str, Any]) -> ModelInfo:
     cfg = model_node(cfg)
     path = checkpoint_path(cfg)
     config = AutoConfig.from_pretrained(path, trust_remote_code=cfg["trust_remote_code"])
-    return ModelInfo(model_family(cfg, config), config, cfg["name"])
+    spec = model_family(cfg, config)
+    return ModelInfo(spec, config, cfg["name"], cfg["prompt_template"] or spec.prompt_template)
 
 
 def load_adapter(cfg: Mapping[str, Any]) -> VLMAdapter:
