@@ -71,10 +71,8 @@ def test_two_decoding_engines_do_not_compose(tiny_adapters, coco_images):
 
 
 def test_a_composed_member_equals_the_same_choice_alone():
-    from omegaconf import OmegaConf
+    from harness.config import group_defaults
 
-    from conftest import ROOT
-
-    alone = build_intervention(OmegaConf.to_container(OmegaConf.load(ROOT / "configs/intervention/vcd.yaml")))
+    alone = build_intervention(group_defaults("intervention", "vcd"))  # configs/intervention/vcd.yaml as composed
     member = build_intervention({"name": "compose", "members": [{"name": "vcd"}]}).members[0]
     assert member.params() == alone.params() and member.label() == alone.label()
