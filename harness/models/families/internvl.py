@@ -21,6 +21,7 @@ tile that shows the whole image (the thumbnail, or the only tile), as DAMRO rank
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -55,6 +56,7 @@ class TiledEncoding(BaseModelOutputWithPooling):
     lengths: tuple | None = None
 
 
+@lru_cache(maxsize=None)
 def image_only_processor_class():
     """`InternVLProcessor` without its video processor (which needs torchvision): same images, same text."""
     from transformers import InternVLProcessor
@@ -67,15 +69,7 @@ def image_only_processor_class():
             kwargs.pop("video_processor", None)
             super().__init__(image_processor, tokenizer, None, image_seq_length, chat_template, **kwargs)
 
-    return _cached(ImageOnlyInternVLProcessor)
-
-
-_CLASSES: dict = {}
-
-
-def _cached(cls):
-    """One class object per name (`from_pretrained` and isinstance checks see the same class)."""
-    return _CLASSES.setdefault(cls.__name__, cls)
+    return ImageOnlyInternVLProcessor
 
 
 def shuffle_groups(model: torch.nn.Module, side: int) -> torch.Tensor:
@@ -132,6 +126,8 @@ class InternVL(ModelFamily):
 
     def vision_inputs(self, inputs: dict) -> dict:
         """The tile tensor and, per image (one per row), its tile count read off the prompt ids."""
+        if "pixel_values" not in inputs:
+            return {}
         vis = {"pixel_values": inputs["pixel_values"]}
         ids = inputs["input_ids"]
         n_tokens = torch.isin(ids, torch.tensor(sorted(self._image_ids), device=ids.device)).sum(-1)
