@@ -5,13 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
 from conftest import ROOT
 from harness.models.families.internvl import INTERNVL_TEMPLATE, shuffle_groups
-from interventions.base import build_intervention
 from interventions.contrastive import batch_view, stack_views
 from interventions.vcd import noised_pixels
 
