@@ -91,6 +91,15 @@ def test_span_geometry_is_the_pooled_grid_and_relevancy_keeps_its_mass(tiny_adap
     torch.testing.assert_close(out.sum(), spread @ mix.sum(-1))
 
 
+def test_trace_maps_the_pooled_grid(tiny_adapters, coco_images):
+    from harness.diagnosis.maps import trace_answer
+
+    tr = trace_answer(tiny_adapters[NAME], coco_images[0], "Describe the image.", max_new_tokens=3)
+    assert {v.name: (v.rows, v.cols) for v in tr.views} == {"patches": (2, 2)}
+    rel = tr.patch_relevancy["patches"]
+    assert rel.shape == (len(tr.token_ids), 2, 2) and bool((rel >= 0).all()) and float(rel.sum()) > 0
+
+
 def test_damro_refuses_with_the_reason(tiny_adapters):
     with pytest.raises(ValueError, match="damro cannot run on model family 'gemma3': .*SigLIP .*no CLS token"):
         build_intervention({"name": "damro"}).setup(tiny_adapters[NAME])

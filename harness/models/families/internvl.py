@@ -202,9 +202,19 @@ class InternVL(ModelFamily):
         per_tile = self.tokens_per_tile(adapter)
         return [f[-per_tile:][i] for f, i in zip(self.image_features(encoding), idx)], True
 
-    # ---- diagnosis: the base default (a bar per image token). A tile's token grid is not the encoder's patch
-    # grid (pixel shuffle puts 2x2 patches in one token), which the diagnosis' vision-relevancy push-through
-    # of the "grid" layout assumes, and the processed image it draws over is the first tile, not the image.
+    # ---- diagnosis -----------------------------------------------------------------------------------
+    def span_geometry(self, adapter: Any, inputs: dict, span_len: int) -> dict:
+        """A one-tile image: its token grid, each token a 2x2 patch block after the CLS (pixel shuffle keeps the
+        blocks row-major, as `shuffle_groups` shows), relevancy spread evenly over a token's patches. Several
+        tiles: a bar per token (the diagnosis draws over, and pushes relevancy through, the first crop only,
+        while InternVL's whole-image tile is the last)."""
+        cfg = adapter.model.config
+        per_tile = tokens_per_tile(cfg)
+        side = int(round(per_tile ** 0.5))
+        patches = int(round(side / cfg.downsample_ratio))
+        if span_len == per_tile and side * side == per_tile:
+            return {"kind": "grid", "side": side, "skip": 0, "vit_offset": 1, "pool": patches // side}
+        return super().span_geometry(adapter, inputs, span_len)
 
     # ---- tiny model ----------------------------------------------------------------------------------
     def build_tiny(self, out: Path) -> None:
