@@ -13,7 +13,7 @@ import torch
 
 from harness.models.adapter import VLMAdapter
 
-VISION_ATTENTION = "self_attn"  # the default attention module of a vision encoder layer (`ModelFamily.vision_attention`)
+VISION_ATTENTION = "self_attn"  # a vision encoder layer's attention module by default (`ModelFamily.vision_attention`)
 
 
 @dataclass

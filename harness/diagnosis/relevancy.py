@@ -101,7 +101,7 @@ def answer_relevancy(adapter: VLMAdapter, cap: Captured, logits: torch.Tensor, a
         elif geometry["kind"] == "grid":
             off, s = geometry["vit_offset"], geometry["side"]
             r = r_img[geometry["skip"]:]
-            if geometry.get("pool"):  # tokens average-pooled from k x k patches (Gemma 3)
+            if geometry.get("pool"):  # a token per k x k patches (Gemma 3's pool, InternVL's shuffle)
                 patch_rows.append({"patches": pooled_vision_relevancy(r, R_ii[0], s, int(geometry["pool"]),
                                                                       off).cpu()})
             else:
