@@ -50,7 +50,8 @@ The guided columns are each row's image-token positions as the model family defi
 (`adapter.image_token_mask(input_ids)`: LLaVA's 576-token run, LLaVA-NeXT's base crop and tiles, BLIP's
 query tokens, Qwen's image pads, Idefics3's tiles without their row/column marker tokens); left padding moves
 them per row; in a sliding-window layer whose KV cache keeps only the last keys (Gemma 3) the columns shift
-with the window (image keys that left it are masked anyway); beam search rows (`B * num_beams`, repeat-interleaved by `generate`) reuse their input row's.
+with the window (image keys that left it are masked anyway); beam search rows (`B * num_beams`,
+repeat-interleaved by `generate`) reuse their input row's.
 
 Layers: `layers: null` (the default) guides the paper's relative depth of the model
 (`proportional_layers`: 5..18 on the 32-block LLaVA-1.5-7B, exactly the paper's range; 6..23 on 13B;

@@ -71,6 +71,35 @@ def test_engine_prefill_equals_the_models_forward(tiny_adapters, coco_images):
     assert len(feats) == 3 and all(f.shape[0] == a.model.config.mm_tokens_per_image for f in feats)
 
 
+def test_span_geometry_is_the_pooled_grid_and_relevancy_keeps_its_mass(tiny_adapters, coco_images):
+    from harness.diagnosis.relevancy import pooled_vision_relevancy
+
+    a = tiny_adapters[NAME]
+    b = a.prepare(coco_images[:1], QUESTIONS[:1])
+    s0, s1 = a.image_spans(b.inputs["input_ids"])[0]
+    geo = a.spec.span_geometry(a, b.inputs, s1 - s0)
+    assert geo == {"kind": "grid", "side": 2, "skip": 0, "vit_offset": 0, "pool": 2}  # 4x4 patches pooled 2x2
+    # the model's pooling, on index-valued patches: token (i, j) averages patches rows 2i..2i+1, cols 2j..2j+1
+    idx = torch.arange(16, dtype=torch.float32).view(1, 1, 4, 4)
+    pooled = a.model.model.multi_modal_projector.avg_pool(idx)[0, 0]
+    assert torch.equal(pooled, idx.view(2, 2, 2, 2).permute(0, 2, 1, 3).reshape(2, 2, 4).mean(-1))
+    r = torch.rand(4)
+    torch.testing.assert_close(pooled_vision_relevancy(r, torch.eye(16), 2, 2, 0), r.view(2, 2))
+    mix = torch.rand(16, 16)
+    out = pooled_vision_relevancy(r, mix, 2, 2, 0)
+    spread = r.view(2, 1, 2, 1).expand(2, 2, 2, 2).reshape(-1) / 4
+    torch.testing.assert_close(out.sum(), spread @ mix.sum(-1))
+
+
+def test_trace_maps_the_pooled_grid(tiny_adapters, coco_images):
+    from harness.diagnosis.maps import trace_answer
+
+    tr = trace_answer(tiny_adapters[NAME], coco_images[0], "Describe the image.", max_new_tokens=3)
+    assert {v.name: (v.rows, v.cols) for v in tr.views} == {"patches": (2, 2)}
+    rel = tr.patch_relevancy["patches"]
+    assert rel.shape == (len(tr.token_ids), 2, 2) and bool((rel >= 0).all()) and float(rel.sum()) > 0
+
+
 def test_damro_refuses_with_the_reason(tiny_adapters):
     with pytest.raises(ValueError, match="damro cannot run on model family 'gemma3': .*SigLIP .*no CLS token"):
         build_intervention({"name": "damro"}).setup(tiny_adapters[NAME])

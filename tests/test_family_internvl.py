@@ -5,13 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
 from conftest import ROOT
 from harness.models.families.internvl import INTERNVL_TEMPLATE, shuffle_groups
-from interventions.base import build_intervention
 from interventions.contrastive import batch_view, stack_views
 from interventions.vcd import noised_pixels
 
@@ -101,6 +99,23 @@ def test_damro_cls_attention_is_the_encoders_own(tiny_adapters, coco_images):
     assert shrinks
     for f, k, i in zip(spec.image_features(enc), kept, idx):
         assert torch.equal(k, f[-4:][i])
+
+
+def test_one_tile_diagnosis_is_the_token_grid(tiny_adapters, coco_images):
+    """A square image is one tile: its 2x2 token grid, relevancy pushed through the encoder's rollout; an
+    image of several tiles stays a bar per token."""
+    from harness.diagnosis.maps import trace_answer
+
+    a = tiny_adapters[NAME]
+    square = coco_images[0].resize((56, 56))
+    tr = trace_answer(a, square, "Describe the image.", max_new_tokens=3)
+    assert tr.geometry["kind"] == "grid" and tr.geometry["pool"] == 2 and tr.span[1] - tr.span[0] == 4
+    assert {v.name: (v.rows, v.cols) for v in tr.views} == {"patches": (2, 2)}
+    rel = tr.patch_relevancy["patches"]
+    assert rel.shape[1:] == (2, 2) and bool((rel >= 0).all()) and bool(torch.isfinite(rel).all())
+    wide = a.prepare([coco_images[0]], ["x"])
+    s0, s1 = a.image_spans(wide.inputs["input_ids"])[0]
+    assert a.spec.span_geometry(a, wide.inputs, s1 - s0)["kind"] == "tokens"
 
 
 def _run(tmp: Path, label: str, overrides: list[str]) -> tuple[dict, list[str]]:

@@ -102,13 +102,25 @@ def answer_relevancy(adapter: VLMAdapter, cap: Captured, logits: torch.Tensor, a
         elif geometry["kind"] == "grid":
             off, s = geometry["vit_offset"], geometry["side"]
             r = r_img[geometry["skip"]:]
-            patch_rows.append({"patches": (r @ R_ii[0][off:off + r.numel(), 1:]).reshape(s, s).cpu()})
+            if geometry.get("pool"):  # a token per k x k patches (Gemma 3's pool, InternVL's shuffle)
+                patch_rows.append({"patches": pooled_vision_relevancy(r, R_ii[0], s, int(geometry["pool"]),
+                                                                      off).cpu()})
+            else:
+                patch_rows.append({"patches": (r @ R_ii[0][off:off + r.numel(), 1:]).reshape(s, s).cpu()})
         elif geometry["kind"] == "anyres":
             patch_rows.append(_anyres_vision_relevancy(geometry, r_img, R_ii))
         elif geometry["kind"] == "tiles":
             patch_rows.append(_tiles_vision_relevancy(geometry, r_img, R_ii))
     patch_rel = {k: torch.stack([p[k] for p in patch_rows]) for k in (patch_rows[0] if patch_rows else {})}
     return torch.stack(rels), shares, patch_rel
+
+
+def pooled_vision_relevancy(r: torch.Tensor, R: torch.Tensor, side: int, k: int, off: int) -> torch.Tensor:
+    """[side, side] relevancy of a token grid average-pooled from (side*k)^2 patches: each token's relevancy
+    spread over its k x k patches (the adjoint of the average pool, 1/k^2 each), pushed through the encoder
+    rollout `R` (``off``: 1 skips a CLS row and column, 0 for encoders without one), summed back per token."""
+    rp = r.view(side, 1, side, 1).expand(side, k, side, k).reshape(-1) / (k * k)
+    return (rp @ R[off:, off:]).view(side, k, side, k).sum(dim=(1, 3))
 
 
 def _anyres_vision_relevancy(g: dict, r_img: torch.Tensor, R_ii: torch.Tensor) -> dict:

@@ -14,6 +14,9 @@ Each model family computes its layout (`ModelFamily.span_geometry`); this module
   image positions in order: ``rows x cols`` tiles of ``side x side`` tokens each (row-major), then the global
   image (``side x side``): view ``tiles`` (the tile grids side by side) and view ``global``, both over the
   original image (the tiles cover the whole image, resized; the global image is the whole image, resized);
+- Gemma 3: the soft tokens are a square grid of SigLIP patches average-pooled k x k (``pool`` k, no CLS:
+  ``vit_offset`` 0) over the processed image; vision relevancy spreads each token over its patches;
+  InternVL's one-tile images likewise (2x2 patch blocks after pixel shuffle, after the CLS: ``vit_offset`` 1);
 - BLIP-2 / InstructBLIP: the span holds the Q-Former's query tokens, which do not map to patches:
   view ``queries`` is a bar per query token; view ``patches`` pushes the per-query values through the
   Q-Former (attention: its cross-attention averaged over layers and heads; relevancy: the Q-Former

@@ -122,9 +122,16 @@ class Gemma3(ModelFamily):
 
         return BaseModelOutputWithPooling(pooler_output=torch.stack(list(features)))
 
-    # ---- diagnosis: the base default (a bar per image token). The soft tokens are a square grid of pooled
-    # SigLIP patches (kernel 4x4 in the real models), while the diagnosis' "grid" layout pushes relevancy
-    # through the encoder one token per patch, after a CLS row, which SigLIP does not have.
+    # ---- diagnosis -----------------------------------------------------------------------------------
+    def span_geometry(self, adapter: Any, inputs: dict, span_len: int) -> dict:
+        """The soft tokens are a square grid of SigLIP patches average-pooled k x k (k = 4 in the real models),
+        row-major over the processed (square, resized) image; SigLIP has no CLS token (``vit_offset`` 0)."""
+        cfg = adapter.model.config
+        patches = cfg.vision_config.image_size // cfg.vision_config.patch_size
+        side = int(round(span_len ** 0.5))
+        if side * side == span_len and patches % side == 0:
+            return {"kind": "grid", "side": side, "skip": 0, "vit_offset": 0, "pool": patches // side}
+        return super().span_geometry(adapter, inputs, span_len)
 
     # ---- tiny model ----------------------------------------------------------------------------------
     def build_tiny(self, out: Path) -> None:

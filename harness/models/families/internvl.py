@@ -21,6 +21,7 @@ tile that shows the whole image (the thumbnail, or the only tile), as DAMRO rank
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -55,6 +56,7 @@ class TiledEncoding(BaseModelOutputWithPooling):
     lengths: tuple | None = None
 
 
+@lru_cache(maxsize=None)
 def image_only_processor_class():
     """`InternVLProcessor` without its video processor (which needs torchvision): same images, same text."""
     from transformers import InternVLProcessor
@@ -67,15 +69,7 @@ def image_only_processor_class():
             kwargs.pop("video_processor", None)
             super().__init__(image_processor, tokenizer, None, image_seq_length, chat_template, **kwargs)
 
-    return _cached(ImageOnlyInternVLProcessor)
-
-
-_CLASSES: dict = {}
-
-
-def _cached(cls):
-    """One class object per name (`from_pretrained` and isinstance checks see the same class)."""
-    return _CLASSES.setdefault(cls.__name__, cls)
+    return ImageOnlyInternVLProcessor
 
 
 def shuffle_groups(model: torch.nn.Module, side: int) -> torch.Tensor:
@@ -132,6 +126,8 @@ class InternVL(ModelFamily):
 
     def vision_inputs(self, inputs: dict) -> dict:
         """The tile tensor and, per image (one per row), its tile count read off the prompt ids."""
+        if "pixel_values" not in inputs:
+            return {}
         vis = {"pixel_values": inputs["pixel_values"]}
         ids = inputs["input_ids"]
         n_tokens = torch.isin(ids, torch.tensor(sorted(self._image_ids), device=ids.device)).sum(-1)
@@ -206,9 +202,19 @@ class InternVL(ModelFamily):
         per_tile = self.tokens_per_tile(adapter)
         return [f[-per_tile:][i] for f, i in zip(self.image_features(encoding), idx)], True
 
-    # ---- diagnosis: the base default (a bar per image token). A tile's token grid is not the encoder's patch
-    # grid (pixel shuffle puts 2x2 patches in one token), which the diagnosis' vision-relevancy push-through
-    # of the "grid" layout assumes, and the processed image it draws over is the first tile, not the image.
+    # ---- diagnosis -----------------------------------------------------------------------------------
+    def span_geometry(self, adapter: Any, inputs: dict, span_len: int) -> dict:
+        """A one-tile image: its token grid, each token a 2x2 patch block after the CLS (pixel shuffle keeps the
+        blocks row-major, as `shuffle_groups` shows), relevancy spread evenly over a token's patches. Several
+        tiles: a bar per token (the diagnosis draws over, and pushes relevancy through, the first crop only,
+        while InternVL's whole-image tile is the last)."""
+        cfg = adapter.model.config
+        per_tile = tokens_per_tile(cfg)
+        side = int(round(per_tile ** 0.5))
+        patches = int(round(side / cfg.downsample_ratio))
+        if span_len == per_tile and side * side == per_tile:
+            return {"kind": "grid", "side": side, "skip": 0, "vit_offset": 1, "pool": patches // side}
+        return super().span_geometry(adapter, inputs, span_len)
 
     # ---- tiny model ----------------------------------------------------------------------------------
     def build_tiny(self, out: Path) -> None:
