@@ -4,7 +4,7 @@ Config node keys (see ``configs/benchmark/chair.yaml``): ``ground_truth`` (lemma
 path to an imid_to_objects JSON), ``image_set`` (chair500 | damro500 | path to a JSONL/JSON list with
 ``image`` or ``image_id``), ``image_root``, ``prompt``, ``limit``, ``max_new_tokens``, ``id_key``,
 ``caption_key``, ``fix_vocab_quirks`` (see ``benchmarks/chair_metric.py``) and ``workers`` (processes that
-analyse the distinct captions; null: 1 below 2,000 distinct captions, else up to 4 cores).
+analyse the distinct captions; null: 1 below 2,000 distinct captions, else half the cores, at most 4).
 
 Scoring is score-only friendly: every caption whose COCO id is in the ground truth is scored, also
 when the image is outside the configured image set (published logs use other 500-image samples);

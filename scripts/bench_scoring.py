@@ -189,6 +189,9 @@ def bench_size(n: int, args, env: dict, work: Path) -> dict:
             res[who].append((cpu, wall, rss, out))
         ref = json.loads(res["ref"][-1][3].strip().splitlines()[-1])
         check_same(json.loads((run_dir / "scores.json").read_text()), ref, n)
+        (oc, ow, orss, _), (rc, rw, rrss, _) = res["ours"][-1], res["ref"][-1]
+        print(f"#   {n} captions, round {r + 1}: ours {oc:.2f} s CPU ({ow:.1f} s wall, {orss / 1024:.0f} MiB), "
+              f"reference {rc:.2f} s CPU ({rw:.1f} s wall, {rrss / 1024:.0f} MiB): {rc / oc:.2f}x", flush=True)
     ratios = [rc / oc for (oc, *_), (rc, *_) in zip(res["ours"], res["ref"])]
     med = {w: {"cpu": statistics.median(x[0] for x in v), "wall": statistics.median(x[1] for x in v),
                "rss_mib": max(x[2] for x in v) / 1024} for w, v in res.items()}
