@@ -128,7 +128,12 @@ def test_two_runs_on_one_run_dir_one_refuses_and_the_dir_stays_scorable(referenc
     while not owner.exists() and first.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     assert owner.exists(), "the first run never took the run lock"
-    second = run_cli(args, check=False)
+    # paused (still holding its lock) while the second starts, so the two runs overlap however fast the first is
+    os.kill(first.pid, signal.SIGSTOP)
+    try:
+        second = run_cli(args, check=False)
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
     assert first.wait(timeout=600) == 0, (tmp_path / "first.log").read_text()[-3000:]
     log.close()
     assert second.returncode == 2, second.stderr[-3000:]

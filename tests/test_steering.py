@@ -280,7 +280,7 @@ def test_family_and_shape_mismatches_are_clear_errors(tiny_adapters, vti_vectors
         _steer(vti_vectors["tiny_llava"][0], layers=[9]).setup(tiny_adapters["tiny_llava"])
     with pytest.raises(ValueError, match="intervention.vectors is required"):
         build_intervention({"name": "steer"}).setup(tiny_adapters["tiny_llava"])
-    with pytest.raises(FileNotFoundError, match="build_steering.py"):
+    with pytest.raises(FileNotFoundError, match="halluc-bench-build-steering"):
         _steer(tmp_path / "missing").setup(tiny_adapters["tiny_llava"])
     with pytest.raises(ValueError, match="positions"):
         _steer(tmp_path / "x", positions="first")
