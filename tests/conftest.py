@@ -37,6 +37,24 @@ def run_cli(args: list[str], cwd: Path = ROOT, check: bool = True, timeout: int 
     return proc
 
 
+def smoke_run(tmp: Path, label: str, overrides: list[str]) -> tuple[dict, list[dict]]:
+    """(scores, answer records) of `halluc-bench OVERRIDES benchmark=smoke`, run in-process in tmp/label
+    (`harness.pipeline.run_job` on the Hydra-composed config)."""
+    import json
+
+    from hydra import compose, initialize_config_dir
+
+    from harness.pipeline import run_job
+
+    d = tmp / label
+    d.mkdir()
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[*overrides, "benchmark=smoke",
+                                                       f"results_store={d / 'results.jsonl'}"])
+    scores = run_job(cfg, d)
+    return scores, [json.loads(line) for line in (d / "answers.jsonl").read_text().splitlines()]
+
+
 def run_in_process(args: list[str]) -> subprocess.CompletedProcess:
     """`halluc-bench ARGS` (or `python scripts/<x>.py ARGS` when ARGS[0] ends in .py) in this process.
 

@@ -2,14 +2,12 @@
 block at prefill), the engine's prefill against the model's own forward, DAMRO's refusal, end to end runs."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
-from conftest import ROOT
+from conftest import smoke_run
 from harness.models.families.gemma3 import GEMMA3_TEMPLATE
 from interventions.base import build_intervention
 from interventions.contrastive import batch_view, shrink_image_tokens, stack_views
@@ -106,16 +104,8 @@ def test_damro_refuses_with_the_reason(tiny_adapters):
 
 
 def _run(tmp: Path, label: str, overrides: list[str]) -> tuple[dict, list[str]]:
-    """(scores, answers in item order) of `python run.py OVERRIDES benchmark=smoke`, run in tmp/label."""
-    from harness.pipeline import run_job
-
-    d = tmp / label
-    d.mkdir()
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[*overrides, "benchmark=smoke",
-                                                       f"results_store={d / 'results.jsonl'}"])
-    scores = run_job(cfg, d)
-    recs = [json.loads(line) for line in (d / "answers.jsonl").read_text().splitlines()]
+    """(scores, answers in item order) of a smoke run (conftest.smoke_run)."""
+    scores, recs = smoke_run(tmp, label, overrides)
     return scores, [r["answer"] for r in sorted(recs, key=lambda r: str(r["question_id"]))]
 
 

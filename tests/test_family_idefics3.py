@@ -4,14 +4,12 @@ diagnosis layout, the SmolVLM model type, and the family end to end."""
 from __future__ import annotations
 
 import base64
-import json
 from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
-from conftest import ROOT
+from conftest import smoke_run
 from harness.diagnosis.span_geometry import span_views, to_views
 from harness.models.families import family_for_model_type
 from harness.models.families.idefics3 import IDEFICS3_TEMPLATE, image_only_smolvlm_processor_class, tile_layout
@@ -199,16 +197,8 @@ def test_smolvlm_model_type_and_image_only_processor(tmp_path, tiny_adapters, co
 
 # ------------------------------------------------------------------ end to end
 def _run(tmp: Path, label: str, overrides: list[str]) -> tuple[dict, list[str]]:
-    """(scores, answers in item order) of `python run.py OVERRIDES benchmark=smoke`, run in tmp/label."""
-    from harness.pipeline import run_job
-
-    d = tmp / label
-    d.mkdir()
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[*overrides, "benchmark=smoke",
-                                                       f"results_store={d / 'results.jsonl'}"])
-    scores = run_job(cfg, d)
-    recs = [json.loads(line) for line in (d / "answers.jsonl").read_text().splitlines()]
+    """(scores, answers in item order) of a smoke run (conftest.smoke_run)."""
+    scores, recs = smoke_run(tmp, label, overrides)
     return scores, [r["answer"] for r in sorted(recs, key=lambda r: str(r["question_id"]))]
 
 

@@ -3,14 +3,12 @@ flat pixels split by grid), M-RoPE positions as `generate` builds them, the engi
 DeepStack-aware encodings, diagnosis geometry, and end to end (smoke, batch 1 = batch 4, strength 0 = baseline)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
-from conftest import ROOT
+from conftest import smoke_run
 from harness.models.families.qwen_common import QWEN2_VL_TEMPLATE
 from harness.models.families.qwen3_vl import QWEN3_VL_TEMPLATE
 from interventions.base import build_intervention
@@ -190,16 +188,8 @@ def test_diagnosis_maps_render_on_the_image_grid(tiny_adapters, coco_images):
 
 # ---- end to end --------------------------------------------------------------------------------------------
 def _run(tmp: Path, label: str, overrides: list[str]) -> tuple[dict, dict]:
-    """(scores, {question_id: answer}) of `python run.py OVERRIDES benchmark=smoke`, run in tmp/label."""
-    from harness.pipeline import run_job
-
-    d = tmp / label
-    d.mkdir()
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[*overrides, "benchmark=smoke",
-                                                       f"results_store={d / 'results.jsonl'}"])
-    scores = run_job(cfg, d)
-    recs = [json.loads(line) for line in (d / "answers.jsonl").read_text().splitlines()]
+    """(scores, {question_id: answer}) of a smoke run (conftest.smoke_run)."""
+    scores, recs = smoke_run(tmp, label, overrides)
     return scores, {str(r["question_id"]): r["answer"] for r in recs}
 
 
