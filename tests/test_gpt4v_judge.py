@@ -88,7 +88,7 @@ def setup(tmp_path, items, server):
     cfg = {"answers_a": str(write_answers(tmp_path / "a.jsonl", sub, "alpha")),
            "answers_b": str(write_answers(tmp_path / "b.jsonl", sub, "beta")),
            "names": ["alpha", "beta"], "image_root": str(imgs), "base_url": server.base_url,
-           "api_key_env": KEY_ENV, "timeout_s": 0.5, "max_retries": 3, "backoff_base_s": 0.01,
+           "api_key_env": KEY_ENV, "timeout_s": 10, "max_retries": 3, "backoff_base_s": 0.01,
            "backoff_max_s": 0.05, "concurrency": 4, "parse_retries": 2, "progress": False,
            "cache_dir": str(tmp_path / "cache"), "out_dir": str(tmp_path / "out")}
     return cfg, sub
