@@ -55,6 +55,34 @@ def smoke_run(tmp: Path, label: str, overrides: list[str]) -> tuple[dict, list[d
     return scores, [json.loads(line) for line in (d / "answers.jsonl").read_text().splitlines()]
 
 
+def smoke_answers(tmp: Path, label: str, overrides: list[str]) -> tuple[dict, list[str]]:
+    """(scores, answers in item order) of `smoke_run`."""
+    scores, recs = smoke_run(tmp, label, overrides)
+    return scores, [r["answer"] for r in sorted(recs, key=lambda r: str(r["question_id"]))]
+
+
+def check_family_end_to_end(tmp: Path, tiny_name: str, damro_refusal: str | None) -> None:
+    """A tiny family on the smoke benchmark: batch 1 = batch 4, head_guide and vcd at strength 0 = the
+    baseline, head_guide and compose change answers, DAMRO refuses (`damro_refusal`, a regex) or changes them."""
+    model = [f"model={tiny_name}"]
+    scores, base = smoke_answers(tmp, "base", model)
+    assert scores["n"] == 30 and len(base) == 30 and "CHAIRs" in scores and "pope_accuracy" in scores
+    assert smoke_answers(tmp, "bs1", [*model, "run.batch_size=1"])[1] == base
+    hg = [*model, "intervention=head_guide", "intervention.layers=[1,2]"]
+    assert smoke_answers(tmp, "hg0", [*hg, "intervention.alpha=0"])[1] == base
+    assert smoke_answers(tmp, "hg", hg)[1] != base
+    assert smoke_answers(tmp, "vcd0", [*model, "intervention=vcd", "intervention.alpha=0"])[1] == base
+    _, both = smoke_answers(tmp, "compose", [*model, "intervention=compose",
+                                             "+intervention.members=[{name: head_guide, layers: [1, 2]}, {name: vcd}]"])
+    assert len(both) == 30 and both != base
+    if damro_refusal:
+        with pytest.raises(ValueError, match=damro_refusal):
+            smoke_answers(tmp, "damro", [*model, "intervention=damro"])
+    else:
+        _, damro = smoke_answers(tmp, "damro", [*model, "intervention=damro"])
+        assert len(damro) == 30 and damro != base
+
+
 def run_in_process(args: list[str]) -> subprocess.CompletedProcess:
     """`halluc-bench ARGS` (or `python scripts/<x>.py ARGS` when ARGS[0] ends in .py) in this process.
 

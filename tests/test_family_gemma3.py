@@ -2,12 +2,11 @@
 block at prefill), the engine's prefill against the model's own forward, DAMRO's refusal, end to end runs."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import smoke_run
+from conftest import check_family_end_to_end
 from harness.models.families.gemma3 import GEMMA3_TEMPLATE
 from interventions.base import build_intervention
 from interventions.contrastive import batch_view, shrink_image_tokens, stack_views
@@ -103,23 +102,5 @@ def test_damro_refuses_with_the_reason(tiny_adapters):
         build_intervention({"name": "damro"}).setup(tiny_adapters[NAME])
 
 
-def _run(tmp: Path, label: str, overrides: list[str]) -> tuple[dict, list[str]]:
-    """(scores, answers in item order) of a smoke run (conftest.smoke_run)."""
-    scores, recs = smoke_run(tmp, label, overrides)
-    return scores, [r["answer"] for r in sorted(recs, key=lambda r: str(r["question_id"]))]
-
-
 def test_gemma3_end_to_end(tmp_path):
-    model = [f"model={NAME}"]
-    scores, base = _run(tmp_path, "base", model)
-    assert scores["n"] == 30 and len(base) == 30 and "CHAIRs" in scores and "pope_accuracy" in scores
-    assert _run(tmp_path, "bs1", [*model, "run.batch_size=1"])[1] == base
-    hg = [*model, "intervention=head_guide", "intervention.layers=[1,2]"]
-    assert _run(tmp_path, "hg0", [*hg, "intervention.alpha=0"])[1] == base
-    assert _run(tmp_path, "hg", hg)[1] != base
-    assert _run(tmp_path, "vcd0", [*model, "intervention=vcd", "intervention.alpha=0"])[1] == base
-    _, both = _run(tmp_path, "compose", [*model, "intervention=compose",
-                                          "+intervention.members=[{name: head_guide, layers: [1, 2]}, {name: vcd}]"])
-    assert len(both) == 30 and both != base
-    with pytest.raises(ValueError, match="damro cannot run on model family 'gemma3': .*no CLS token"):
-        _run(tmp_path, "damro", [*model, "intervention=damro"])
+    check_family_end_to_end(tmp_path, NAME, "damro cannot run on model family 'gemma3': .*no CLS token")

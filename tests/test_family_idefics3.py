@@ -4,12 +4,11 @@ diagnosis layout, the SmolVLM model type, and the family end to end."""
 from __future__ import annotations
 
 import base64
-from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import smoke_run
+from conftest import check_family_end_to_end
 from harness.diagnosis.span_geometry import span_views, to_views
 from harness.models.families import family_for_model_type
 from harness.models.families.idefics3 import IDEFICS3_TEMPLATE, image_only_smolvlm_processor_class, tile_layout
@@ -196,24 +195,7 @@ def test_smolvlm_model_type_and_image_only_processor(tmp_path, tiny_adapters, co
 
 
 # ------------------------------------------------------------------ end to end
-def _run(tmp: Path, label: str, overrides: list[str]) -> tuple[dict, list[str]]:
-    """(scores, answers in item order) of a smoke run (conftest.smoke_run)."""
-    scores, recs = smoke_run(tmp, label, overrides)
-    return scores, [r["answer"] for r in sorted(recs, key=lambda r: str(r["question_id"]))]
-
-
 def test_idefics3_end_to_end(tmp_path):
-    model = [f"model={NAME}"]
-    scores, base = _run(tmp_path, "base", model)
-    assert scores["n"] == 30 and len(base) == 30 and "CHAIRs" in scores and "pope_accuracy" in scores
     # images with 2x2 and 1x2 tiles (padding tiles) in one batch answer as alone
-    assert _run(tmp_path, "bs1", [*model, "run.batch_size=1"])[1] == base
-    hg = [*model, "intervention=head_guide", "intervention.layers=[1,2]"]
-    assert _run(tmp_path, "hg0", [*hg, "intervention.alpha=0"])[1] == base
-    assert _run(tmp_path, "hg", hg)[1] != base
-    assert _run(tmp_path, "vcd0", [*model, "intervention=vcd", "intervention.alpha=0"])[1] == base
-    _, both = _run(tmp_path, "compose", [*model, "intervention=compose",
-                                          "+intervention.members=[{name: head_guide, layers: [1, 2]}, {name: vcd}]"])
-    assert len(both) == 30 and both != base
-    with pytest.raises(ValueError, match="damro cannot run on model family 'idefics3': .*no CLS token"):
-        _run(tmp_path, "damro", [*model, "intervention=damro"])
+    check_family_end_to_end(tmp_path, NAME,
+                            "damro cannot run on model family 'idefics3': .*no CLS token")

@@ -2,11 +2,10 @@
 pixels), the encoding the engine merges, DAMRO's CLS attention through pixel shuffle, and end to end runs."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 
-from conftest import smoke_run
+from conftest import check_family_end_to_end
 from harness.models.families.internvl import INTERNVL_TEMPLATE, shuffle_groups
 from interventions.contrastive import batch_view, stack_views
 from interventions.vcd import noised_pixels
@@ -116,24 +115,6 @@ def test_one_tile_diagnosis_is_the_token_grid(tiny_adapters, coco_images):
     assert a.spec.span_geometry(a, wide.inputs, s1 - s0)["kind"] == "tokens"
 
 
-def _run(tmp: Path, label: str, overrides: list[str]) -> tuple[dict, list[str]]:
-    """(scores, answers in item order) of a smoke run (conftest.smoke_run)."""
-    scores, recs = smoke_run(tmp, label, overrides)
-    return scores, [r["answer"] for r in sorted(recs, key=lambda r: str(r["question_id"]))]
-
-
 def test_internvl_end_to_end(tmp_path):
-    model = [f"model={NAME}"]
-    scores, base = _run(tmp_path, "base", model)
-    assert scores["n"] == 30 and len(base) == 30 and "CHAIRs" in scores and "pope_accuracy" in scores
-    # images with different tile counts in one batch answer as alone
-    assert _run(tmp_path, "bs1", [*model, "run.batch_size=1"])[1] == base
-    hg = [*model, "intervention=head_guide", "intervention.layers=[1,2]"]
-    assert _run(tmp_path, "hg0", [*hg, "intervention.alpha=0"])[1] == base
-    assert _run(tmp_path, "hg", hg)[1] != base
-    assert _run(tmp_path, "vcd0", [*model, "intervention=vcd", "intervention.alpha=0"])[1] == base
-    _, both = _run(tmp_path, "compose", [*model, "intervention=compose",
-                                          "+intervention.members=[{name: head_guide, layers: [1, 2]}, {name: vcd}]"])
-    assert len(both) == 30 and both != base
-    _, damro = _run(tmp_path, "damro", [*model, "intervention=damro"])
-    assert len(damro) == 30 and damro != base
+    # images with different tile counts in one batch answer as alone; DAMRO runs (its recipe is not from the paper)
+    check_family_end_to_end(tmp_path, NAME, None)
