@@ -143,11 +143,14 @@ def guide_scores(scores: torch.Tensor, mask: torch.Tensor | None, image_cols: to
 
 
 def image_column_fn(adapter: Any, prompt_ids: torch.Tensor):
-    """`columns(rows, length, device)` -> boolean [rows, 1, 1, length] image-key mask for an attention call.
+    """`columns(module, scores)` -> boolean [rows, 1, 1, keys] image-key mask for one attention call's scores.
 
     Rows are the batch's prompt rows (or their beams); inside a decoding engine (`active_rows()`), every view's
     rows with their own image positions (a text-only view has none). The mask grows by one column per
-    decoding step, so it is built with spare room and sliced.
+    decoding step, so it is built with spare room and sliced. Keys are absolute positions 0..T-1, except in a
+    sliding-window layer whose cache keeps only the last keys (Gemma 3, Mistral): there key j is position
+    j + T - K, so the columns shift with the window. T is counted per module (the query length at prefill, one
+    more per decoding step).
     """
     prompt_mask = adapter.image_token_mask(prompt_ids)
     stacked: dict = {}
@@ -163,7 +166,7 @@ def image_column_fn(adapter: Any, prompt_ids: torch.Tensor):
             stacked[key] = adapter.image_token_mask(layout["input_ids"])
         return stacked[key]
 
-    def columns(rows: int, length: int, device: torch.device) -> torch.Tensor:
+    def absolute(rows: int, length: int, device: torch.device) -> torch.Tensor:
         pm = row_mask(rows)
         key = (rows, id(pm))
         cached = masks.get(key)
@@ -172,6 +175,14 @@ def image_column_fn(adapter: Any, prompt_ids: torch.Tensor):
                 masks.clear()
             cached = masks[key] = image_columns(pm.to(device), rows, length + 256)
         return cached[..., :length]
+
+    lengths: dict = {}
+
+    def columns(module: torch.nn.Module, scores: torch.Tensor) -> torch.Tensor:
+        q, k = scores.shape[2], scores.shape[-1]
+        total = lengths[id(module)] = q if q > 1 or id(module) not in lengths else lengths[id(module)] + 1
+        offset = max(total - k, 0)
+        return absolute(scores.shape[0], offset + k, scores.device)[..., offset:]
 
     return columns
 
@@ -252,17 +263,8 @@ class HeadGuide(Intervention):
         alpha, agg, top_k, ref_mask = c["alpha"], c["aggregation"], c["top_k"], c["reference_prefill_mask"]
         columns = image_column_fn(adapter, batch.inputs["input_ids"])
 
-        lengths: dict = {}
-
         def edit(module, scores, mask):
-            # Keys are absolute positions 0..T-1, except in a sliding-window layer whose cache keeps only the
-            # last keys (Gemma 3, Mistral): there key j is position j + T - K. T is counted per module (the
-            # query length at prefill, one more per decoding step).
-            q, k = scores.shape[2], scores.shape[-1]
-            total = lengths[id(module)] = q if q > 1 or id(module) not in lengths else lengths[id(module)] + 1
-            offset = max(total - k, 0)
-            cols = columns(scores.shape[0], offset + k, scores.device)[..., offset:]
-            scores = guide_scores(scores, mask, cols, alpha, agg, top_k)
+            scores = guide_scores(scores, mask, columns(module, scores), alpha, agg, top_k)
             if ref_mask and mask is not None and scores.shape[2] > 1:
                 mask = mask[:, :, -1:, :].expand(mask.shape)  # no causal mask at prefill, keep key padding
             return scores, mask

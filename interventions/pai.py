@@ -125,9 +125,10 @@ class Pai(Intervention):
         skip_prefill = bool(c["reference_cfg_prefill"]) and float(c["gamma"]) != 1
 
         def edit(module, scores, mask):
+            cols = columns(module, scores)  # also counts the positions seen (sliding-window layers)
             if skip_prefill and scores.shape[2] > 1:
                 return scores, mask
-            return amplify_scores(scores, columns(scores.shape[0], scores.shape[-1], scores.device), alpha), mask
+            return amplify_scores(scores, cols, alpha), mask
 
         return edit_attention_logits(self.attention_modules(adapter), edit=edit)
 

@@ -13,8 +13,6 @@ import torch
 
 from harness.models.adapter import VLMAdapter
 
-VISION_ATTENTION = "self_attn"  # the attention module inside a CLIP / BLIP vision encoder layer (the family default)
-
 
 @dataclass
 class Captured:

@@ -25,15 +25,14 @@ import torch
 
 from harness.diagnosis.answer_tokens import (answer_pieces, encode_answer, forced_inputs,
                                              generate_answer_ids)
-from harness.diagnosis.attention_capture import (VISION_ATTENTION, Captured, attention_modules, capture_hooks,
-                                                  grad_through)
+from harness.diagnosis.attention_capture import Captured, attention_modules, capture_hooks, grad_through
 from harness.diagnosis.relevancy import answer_relevancy, gradcam, qformer_relevancy, rollout, rollout_row
 from harness.diagnosis.span_geometry import View, span_geometry, span_views, to_views
 from harness.hooks import forward_hooks
 from harness.models.adapter import VLMAdapter
 from interventions.attention_fn import eager_attention
 
-__all__ = ["VISION_ATTENTION", "Captured", "Trace", "View", "answer_pieces", "answer_relevancy", "attention_map",
+__all__ = ["Captured", "Trace", "View", "answer_pieces", "answer_relevancy", "attention_map",
            "capture_hooks", "encode_answer", "forced_inputs", "generate_answer_ids", "grad_through", "gradcam",
            "layer_indices", "model_view_image", "qformer_relevancy", "rollout", "rollout_row", "span_geometry",
            "span_views", "to_views", "trace_answer"]

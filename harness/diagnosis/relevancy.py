@@ -169,7 +169,6 @@ def _tiles_vision_relevancy(g: dict, r_img: torch.Tensor, R_ii: torch.Tensor) ->
     relevancy (through its encoder rollout) is summed back over the blocks, shown at the token grids of the
     ``tiles`` and ``global`` views."""
     s, rows, cols, k = g["side"], g["rows"], g["cols"], g["scale"]
-    p = s * k
     tok = r_img.reshape(rows * cols + 1, s, s)
     out = []
     for t in range(tok.shape[0]):

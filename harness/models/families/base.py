@@ -44,8 +44,6 @@ class ModelFamily:
     row_keys: tuple[str, ...] = ()
     #: process rows one by one and pad ourselves (BLIP: its processor pads between query tokens and text)
     rows_separately: bool = False
-    #: the attention module inside a `vision_layers` block (diagnosis hooks it)
-    vision_attention: str = "self_attn"
     #: extra processor keyword arguments for an already templated prompt, wherever one is processed
     #: (e.g. `add_special_tokens=False` where the chat template itself holds the BOS)
     text_kwargs: dict = {}
