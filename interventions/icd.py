@@ -40,7 +40,6 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-
 from harness.registry import INTERVENTIONS
 from interventions.base import GenerationPlan, Intervention
 from interventions.contrastive import ContrastiveIntervention, View, batch_view
