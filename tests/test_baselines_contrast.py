@@ -219,33 +219,61 @@ def test_icd_refuses_qformer_and_system_where_they_do_not_apply(tiny_adapters):
         disturbed_prompts(blip2, ["Is there a dog?"], iv.disturbance(), "system")
 
 
-@pytest.mark.parametrize("name", ["tiny_llava", "tiny_instructblip"])
-def test_m3id_first_steps_equal_paper_formula(tiny_adapters, coco_images, name):
+def _m3id_reference(lo, lu_logits, w, beta, gate):
+    """M3ID written out: the paper's s = l_c + w (l_c - l_u) (log-probs), the paper's gate (correct only when
+    max p_c < gate), AvisC's plausibility cut on the raw logits."""
+    lc, lu = torch.log_softmax(lo, -1), torch.log_softmax(lu_logits, -1)
+    s = lc + w * (lc - lu) if gate is None or lc.max().exp() < gate else lc.clone()
+    if beta is not None:
+        s[lo < math.log(beta) + lo.max()] = -float("inf")
+    return s
+
+
+@pytest.mark.parametrize("name,opts", [
+    ("tiny_llava", {"t_start": 1, "beta": None, "confidence_gate": None}),  # the paper's equation alone
+    ("tiny_instructblip", {"t_start": 1, "beta": None, "confidence_gate": None}),
+    ("tiny_llava", {"t_start": 0, "beta": 0.1, "confidence_gate": None}),  # AvisC's defaults
+    ("tiny_llava", {"t_start": 1, "beta": 0.2, "confidence_gate": "split"}),  # the paper's gate
+])
+def test_m3id_first_steps_equal_paper_formula(tiny_adapters, coco_images, name, opts):
     a = tiny_adapters[name]
     b = a.prepare(coco_images[:3], QUESTIONS[:3])
     lam = 0.7
+    if opts["confidence_gate"] == "split":  # a gate between the rows' first-step max probabilities
+        with torch.inference_mode():
+            top = sorted(float(torch.softmax(a.model(**_row(a, b, i)).logits[0, -1].float(), -1).max())
+                         for i in range(3))
+        opts = {**opts, "confidence_gate": (top[0] + top[-1]) / 2}
     rec = _Recorder()
-    ids = _generate(_make("m3id", a, lam=lam), a, b, {"strategy": "greedy", "max_new_tokens": 2}, [rec])
+    ids = _generate(_make("m3id", a, lam=lam, **opts), a, b, {"strategy": "greedy", "max_new_tokens": 2}, [rec])
+    gated = []
     for step in range(2):
-        w = (1 - math.exp(-lam * (step + 1))) / math.exp(-lam * (step + 1))
-        assert math.isclose(m3id_weight(lam, step + 1), w, rel_tol=1e-12)
+        t = opts["t_start"] + step
+        w = (1 - math.exp(-lam * t)) / math.exp(-lam * t)
+        assert math.isclose(m3id_weight(lam, t), w, rel_tol=1e-12)
         exp = []
         with torch.inference_mode():
             for i in range(3):
                 row = _row(a, b, i)
                 text = _text_only(a, row)
                 if step:
-                    t = ids[i:i + 1, :1]
-                    row = {**row, "input_ids": torch.cat([row["input_ids"], t], 1),
-                           "attention_mask": torch.cat([row["attention_mask"], torch.ones_like(t)], 1)}
-                    text = {"input_ids": torch.cat([text["input_ids"], t], 1),
-                            "attention_mask": torch.cat([text["attention_mask"], torch.ones_like(t)], 1)}
-                lc = torch.log_softmax(a.model(**row).logits[0, -1].float(), -1)
-                lu = torch.log_softmax(a.spec.language_model(a)(**text).logits[0, -1].float(), -1)
-                exp.append(lc + w * (lc - lu))
+                    tok = ids[i:i + 1, :1]
+                    row = {**row, "input_ids": torch.cat([row["input_ids"], tok], 1),
+                           "attention_mask": torch.cat([row["attention_mask"], torch.ones_like(tok)], 1)}
+                    text = {"input_ids": torch.cat([text["input_ids"], tok], 1),
+                            "attention_mask": torch.cat([text["attention_mask"], torch.ones_like(tok)], 1)}
+                lo = a.model(**row).logits[0, -1].float()
+                lu = a.spec.language_model(a)(**text).logits[0, -1].float()
+                exp.append(_m3id_reference(lo, lu, w, opts["beta"], opts["confidence_gate"]))
+                if opts["confidence_gate"] is not None:
+                    gated.append(bool(torch.softmax(lo, -1).max() >= opts["confidence_gate"]))
         exp = torch.stack(exp)
-        assert torch.allclose(rec.scores[step], exp, atol=1e-4, rtol=1e-4)
+        finite = torch.isfinite(exp)
+        assert torch.equal(torch.isfinite(rec.scores[step]), finite)
+        assert torch.allclose(rec.scores[step][finite], exp[finite], atol=1e-4, rtol=1e-4)
         assert torch.equal(ids[:, step], exp.argmax(-1))
+    if opts["confidence_gate"] is not None:
+        assert any(gated) and not all(gated)  # the gate both keeps and skips the correction here
 
 
 def _dola_reference(final, prem, relative_top):
@@ -390,6 +418,7 @@ def test_16_greedy_tokens_equal_reference_loop(tiny_adapters, coco_images, metho
     a = tiny_adapters["tiny_llava"]
     b = a.prepare(coco_images[:2], QUESTIONS[:2])
     cfg = {"icd": {"alpha": 1.0}, "m3id": {"lam": 0.3}, "dola": {"layers": [0, 2], "repetition_penalty": 1.2}}[method]
+    # m3id: the config's defaults otherwise (AvisC's: t from 0, plausibility cut beta = 0.1, no gate)
     iv = _make(method, a, **cfg)
     got = _generate(iv, a, b, {"strategy": "greedy", "max_new_tokens": 16})
     lm = a.spec.language_model(a)
@@ -411,9 +440,8 @@ def test_16_greedy_tokens_equal_reference_loop(tiny_adapters, coco_images, metho
                 if method == "icd":
                     return _vcd_formula(lo, a.model(**_extend(other, toks)).logits[0, -1].float(), 1.0, 0.1)
                 if method == "m3id":
-                    w = math.exp(0.3 * (step + 1)) - 1
-                    lc = torch.log_softmax(lo, -1)
-                    return lc + w * (lc - torch.log_softmax(lm(**_extend(other, toks)).logits[0, -1].float(), -1))
+                    lu = lm(**_extend(other, toks)).logits[0, -1].float()
+                    return _m3id_reference(lo, lu, math.exp(0.3 * step) - 1, 0.1, None)
                 norm, head = a.site("final_norm"), a.site("lm_head")
                 prem = [head(norm(out.hidden_states[j][0, -1])).float() for j in (0, 2)]
                 s = _dola_reference(lo, prem, 0.1)
@@ -496,4 +524,6 @@ def test_smoke_run_in_process(tmp_path, method):
     recs = [json.loads(line) for line in (tmp_path / "answers.jsonl").read_text().splitlines()]
     assert scores["n"] == len(recs) > 0 and all(isinstance(r["answer"], str) for r in recs)
     params = recs[0]["fingerprint"]["intervention"]["params"]
-    assert recs[0]["fingerprint"]["intervention"]["name"] == method and None not in params.values()
+    assert recs[0]["fingerprint"]["intervention"]["name"] == method
+    # per-model defaults are resolved: a parameter is None only where the config sets null on purpose
+    assert all(cfg.intervention[k] is None for k, v in params.items() if v is None)

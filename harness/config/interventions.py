@@ -97,6 +97,8 @@ class M3idConfig(InterventionConfig):
 
     lam: float = rule(ge=0, finite=True)
     t_start: int = rule(ge=0)
+    beta: Optional[float] = rule(gt=0, le=1, finite=True)
+    confidence_gate: Optional[float] = rule(gt=0, le=1, finite=True)
 
 
 @dataclass
