@@ -7,10 +7,14 @@ fraction of its memory: no per-caption dicts, token lists or character spans are
 """
 from __future__ import annotations
 
+import functools
 import os
 from typing import Iterable, Mapping
 
-from benchmarks.chair_metric import ChairVocab, analyse_words, coco_image_id, lemma_pos_many, load_vocab
+from benchmarks.chair_classes import WordClasses, summarise_captions
+from benchmarks.chair_metric import ChairVocab, coco_image_id, load_vocab
+from benchmarks.chair_text import word_tokenize
+from benchmarks.nltk_setup import get_tagger
 
 #: below this many distinct captions, ``workers=None`` analyses them in this process (a pool costs ~0.1 s)
 PARALLEL_MIN_CAPTIONS = 2000
@@ -23,13 +27,19 @@ BATCH = 1000
 _worker_vocab: ChairVocab | None = None  # the vocabulary of a pool's forked workers
 
 
+@functools.lru_cache(maxsize=4)
+def word_classes(vocab: ChairVocab) -> WordClasses:
+    """The token classes of a vocabulary (one cache per vocabulary; ChairVocab hashes by identity)."""
+    return WordClasses(vocab)
+
+
 def summarise(captions: list[str], vocab: ChairVocab) -> list[tuple[int, tuple[str, ...]]]:
-    """Per caption: (number of merged words, MSCOCO objects of its mentions in caption order)."""
-    out = []
+    """Per caption: (number of merged words, MSCOCO objects of its mentions in caption order); only the
+    tokens whose POS tag can change these are tagged (benchmarks/chair_classes.py)."""
+    classes, tagger, out = word_classes(vocab), get_tagger(), []
     for start in range(0, len(captions), BATCH):
-        for lemmas in lemma_pos_many(captions[start:start + BATCH]):
-            merged, found = analyse_words(lemmas, vocab)
-            out.append((len(merged), tuple(obj for _, obj, _, _ in found)))
+        token_lists = [word_tokenize(c.lower()) for c in captions[start:start + BATCH]]
+        out.extend(summarise_captions(token_lists, vocab, tagger, classes))
     return out
 
 

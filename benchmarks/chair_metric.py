@@ -198,8 +198,36 @@ def coco_image_id(value: object) -> int:
     return int(s)
 
 
+class GroundTruth(Mapping):
+    """image id -> frozenset of MSCOCO objects over the JSON object of an ``imid_to_objects`` file; an entry
+    becomes a frozenset when it is first read (building all 123k of them took most of a small run)."""
+
+    def __init__(self, raw: dict, where: str):
+        self._raw, self._sets, self._where = raw, {}, where
+
+    def __getitem__(self, image_id: int) -> frozenset:
+        hit = self._sets.get(image_id)
+        if hit is None:
+            if type(image_id) is not int:
+                raise KeyError(image_id)
+            objects = self._raw[str(image_id)]
+            if not isinstance(objects, list):
+                raise ValueError(f"{self._where}: image {image_id}: expected a list of objects, got {objects!r}")
+            hit = self._sets[image_id] = frozenset(objects)
+        return hit
+
+    def __contains__(self, image_id: object) -> bool:
+        return type(image_id) is int and str(image_id) in self._raw
+
+    def __iter__(self):
+        return (int(k) for k in self._raw)
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+
 @functools.lru_cache(maxsize=4)
-def load_ground_truth(variant_or_path: str = "lemma_pos") -> dict[int, frozenset[str]]:
+def load_ground_truth(variant_or_path: str = "lemma_pos") -> GroundTruth:
     """image id -> MSCOCO objects, from a shipped variant ("lemma_pos", "singularize") or a JSON path."""
     path = GROUND_TRUTH_FILES.get(variant_or_path)
     if path is None:
@@ -208,7 +236,11 @@ def load_ground_truth(variant_or_path: str = "lemma_pos") -> dict[int, frozenset
             raise ValueError(f"unknown CHAIR ground truth {variant_or_path!r}: use one of "
                              f"{sorted(GROUND_TRUTH_FILES)} or an existing imid_to_objects JSON file")
     data = json.loads(path.read_text(encoding="utf-8"))
-    return {int(k): frozenset(v) for k, v in data.items()}
+    if not isinstance(data, dict) or not all(k.isdigit() for k in data):
+        raise ValueError(f"{path}: expected a JSON object of COCO image id -> list of objects")
+    if not all(k[0] != "0" or k == "0" for k in data):  # "0009" -> "9"
+        data = {str(int(k)): v for k, v in data.items()}
+    return GroundTruth(data, str(path))
 
 
 def caption_detail(caption: str, gt_objects: Iterable[str], image_id: object = None,

@@ -1,11 +1,13 @@
 """Exact, faster equivalents of the two NLTK steps CHAIR runs on every caption besides tagging.
 
-* ``word_tokenize(text)`` == ``nltk.word_tokenize(text)``: Punkt sentence splitting, then
+* ``word_tokenize(text)`` == ``nltk.word_tokenize(text)``: Punkt sentence splitting (each candidate
+  break decided once per distinct context), then
   NLTK's ``NLTKWordTokenizer`` substitutions run once per distinct sentence, with the same compiled
   patterns (nltk 3.10 wraps each one in a timed ``regex`` pattern; here the bare pattern is used)
   and each substitution skipped when the current text holds none of the characters its pattern
   needs in order to match (``_GATES``: a pattern not listed there always runs, so a changed nltk
-  pattern is never skipped).
+  pattern is never skipped), or not the substring it needs (``_NEEDS``); the two end-anchored period
+  rules run on the text from just before its last period (``_AT_LAST_PERIOD``: their only match).
 * ``lemmatize(word, pos)`` == ``WordNetLemmatizer().lemmatize(word, pos)``: nltk's ``_morphy``
   (copied from ``nltk/corpus/reader/wordnet.py``) over the lemma index and exception lists of the
   shipped WordNet, read directly. nltk's ``WordNetCorpusReader`` also scans ``data.adj`` and reads
@@ -46,14 +48,16 @@ def _bare(pattern):
 
 @functools.lru_cache(maxsize=1)
 def _rules() -> tuple[list, list]:
-    """(before padding, after padding) lists of (pattern, replacement, gate) in NLTKWordTokenizer's order."""
+    """(before padding, after padding) lists of (pattern, replacement, gate, needed substring, run on the tail
+    from the last period) in NLTKWordTokenizer's order."""
     import_nltk()
     from nltk.tokenize.destructive import NLTKWordTokenizer as T
 
     def rule(p, repl):
         src = p.pattern
         gate = _CONTRACTION_GATE if (p in T.CONTRACTIONS2 or p in T.CONTRACTIONS3) else _GATES.get(src)
-        return _bare(p), repl, gate
+        gate = frozenset(gate) if isinstance(gate, str) else gate
+        return _bare(p), repl, gate, _NEEDS.get(src), src in _AT_LAST_PERIOD
 
     first = [rule(p, r) for p, r in T.STARTING_QUOTES + T.PUNCTUATION + [T.PARENS_BRACKETS, T.DOUBLE_DASHES]]
     then = [rule(p, r) for p, r in T.ENDING_QUOTES]
@@ -61,17 +65,48 @@ def _rules() -> tuple[list, list]:
     return first, then
 
 
+_CONTRACTION_HEADS = ("can", "d'ye", "gim", "gon", "got", "lem", "more'n", "wan", "'t")
+#: patterns that can only match at the end of the text, just before or after its last "." (a "." then
+#: closing brackets/quotes/spaces to the end): they are run on that tail only (the same single match)
+_AT_LAST_PERIOD = {r'([^\.])(\.)([\]\)}>"\'' "»”’ " r"]*+)\s*$", r'([^\.])(\.)([\]\)}>"\']*)\s*$'}
+#: patterns that match only where the text holds this substring
+_NEEDS = {r"\.{2,}": "..", r"--": "--", r"''": "''"}
+
+
+def _contraction_gate(text: str) -> bool:
+    """Whether a contraction pattern can match: ``_CONTRACTION_GATE.search`` (plain substring tests on
+    lower-cased ASCII text, where case-insensitive matching is just that)."""
+    if text.isascii():
+        low = text.lower()
+        return any(h in low for h in _CONTRACTION_HEADS)
+    return _CONTRACTION_GATE.search(text) is not None
+
+
 def _apply(text: str, rules: list) -> str:
-    gate_hit = None
-    for pattern, repl, gate in rules:
+    gate_hit, chars = None, None  # chars: the set of the text's characters, recomputed after a change
+    for pattern, repl, gate, needs, tail in rules:
         if gate is _CONTRACTION_GATE:
             if gate_hit is None:
-                gate_hit = gate.search(text) is not None
+                gate_hit = _contraction_gate(text)
             if not gate_hit:
                 continue
-        elif gate is not None and not any(c in text for c in gate):
+        elif gate is not None:
+            if chars is None:
+                chars = set(text)
+            if chars.isdisjoint(gate):
+                continue
+        if needs is not None and needs not in text:
             continue
-        text = pattern.sub(repl, text)
+        if tail:
+            k = text.rfind(".") - 1
+            if k < 0:
+                continue
+            end, n = pattern.subn(repl, text[k:])
+            text = text[:k] + end
+        else:
+            text, n = pattern.subn(repl, text)
+        if n:
+            chars = None
     return text
 
 
@@ -82,12 +117,31 @@ def tokenize_sentence(sentence: str) -> tuple[str, ...]:
     return tuple(_apply(" " + _apply(sentence, first) + " ", then).split())
 
 
+@functools.lru_cache(maxsize=1)
+def _sentence_splitter():
+    """nltk's English Punkt tokenizer (``sent_tokenize``'s), deciding each candidate break once per context.
+
+    Punkt decides a candidate break from its context string alone (``text_contains_sentbreak``: the words
+    around the period, read against the fixed English parameters), so the decision is memoised on it."""
+    ensure_nltk_data()
+    from nltk.tokenize.punkt import PunktTokenizer
+
+    class MemoPunkt(PunktTokenizer):
+        def text_contains_sentbreak(self, text: str) -> bool:
+            hit = memo.get(text)
+            if hit is None:
+                if len(memo) > 1_000_000:
+                    memo.clear()
+                hit = memo[text] = super().text_contains_sentbreak(text)
+            return hit
+
+    memo: dict[str, bool] = {}
+    return MemoPunkt("english")
+
+
 def word_tokenize(text: str) -> list[str]:
     """``nltk.word_tokenize(text)`` (English Punkt sentences, then the word tokenizer per sentence)."""
-    ensure_nltk_data()
-    from nltk.tokenize import sent_tokenize
-
-    return [tok for sent in sent_tokenize(text) for tok in tokenize_sentence(sent)]
+    return [tok for sent in _sentence_splitter().tokenize(text) for tok in tokenize_sentence(sent)]
 
 
 # ------------------------------------------------------------------ WordNet lemmatizer

@@ -45,6 +45,27 @@ def test_word_tokenize_equals_nltk():
         assert word_tokenize(text) == nltk.word_tokenize(text), text
 
 
+def test_word_tokenize_equals_nltk_on_random_text():
+    """Random texts over the characters every tokenizer rule reads (quotes, periods at the end and inside,
+    contractions, other whitespace, case-folding oddities): the gated, tail-only rules change nothing."""
+    import random
+
+    import nltk
+
+    from benchmarks.chair_text import word_tokenize
+    from benchmarks.nltk_setup import ensure_nltk_data
+
+    ensure_nltk_data()
+    pieces = ["a", "dog", "Cat", " ", " ", "  ", ".", ". ", "..", "...", ",", ", ", ":", ";", "'", "''", '"', "`",
+              "``", "(", ")", "]", "-", "--", "!", "?", "'s ", "n't ", "'ll ", "can", "not", "gon", "na", "wan",
+              "'t", "is", "d", "'ye", "more", "'n", "\n", "\t", "1", "2,000", "1999", "“", "”", "’", "‘", "«", "»",
+              "İ", "ı", "K", "ſ", "e.g.", "St.", "Mr. ", "U.S."]
+    rng = random.Random(0)
+    for _ in range(3000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 14)))
+        assert word_tokenize(text) == nltk.word_tokenize(text), repr(text)
+
+
 def test_wordnet_tables_and_lemmas_equal_nltk():
     from nltk.corpus import wordnet as wn
     from nltk.stem import WordNetLemmatizer
@@ -144,7 +165,7 @@ def test_tag_many_equals_nltk_tagger():
     import nltk
     from nltk.tag.perceptron import PerceptronTagger
 
-    from benchmarks.nltk_setup import FastPerceptronTagger
+    from benchmarks.perceptron_tagger import FastPerceptronTagger
 
     caps = _captions()[::40] + TRICKY
     token_lists = [nltk.word_tokenize(c.lower()) for c in caps] + [[], ["dog"]]
@@ -155,3 +176,37 @@ def test_tag_many_equals_nltk_tagger():
     assert [fast.tag(tokens) for tokens in token_lists[:50]] == want  # memoised decisions
     reference = PerceptronTagger()
     assert fast.tag_many(token_lists) == [reference.tag(tokens) for tokens in token_lists]
+
+
+@pytest.mark.parametrize("fix_vocab_quirks", [False, True])
+def test_class_counts_equal_full_lemma_pipeline_on_every_shipped_caption(fix_vocab_quirks):
+    """Tagging only the tokens whose tag can matter gives the counts of lemmatizing every token."""
+    from benchmarks.chair_counts import summarise
+    from benchmarks.chair_metric import analyse_words, lemma_pos_many
+
+    vocab = load_vocab(fix_vocab_quirks)
+    caps = _captions() + TRICKY + ["", "Toilet seat and a teddy bear, hot dogs.", "Dogs dogging; a baby bird."]
+    want = []
+    for lemmas in lemma_pos_many(caps):
+        merged, found = analyse_words(lemmas, vocab)
+        want.append((len(merged), tuple(obj for _, obj, _, _ in found)))
+    assert summarise(caps, vocab) == want
+
+
+def test_tag_needed_equals_full_tagging_where_needed():
+    import random
+
+    from benchmarks.chair_classes import needed_tags
+    from benchmarks.chair_text import word_tokenize
+    from benchmarks.perceptron_tagger import FastPerceptronTagger
+
+    tagger, full = FastPerceptronTagger(), FastPerceptronTagger()
+    rng = random.Random(1)
+    for cap in _captions()[::25] + TRICKY:
+        tokens = word_tokenize(cap.lower())
+        want = full.tag(tokens)
+        wanted = [rng.random() < 0.1 for _ in tokens]
+        need = needed_tags([not w for w in wanted], [bool(tagger.tagdict.get(t)) for t in tokens])
+        got = tagger.tag_needed(tokens, need)
+        assert [g for g, n in zip(got, need) if n] == [w for w, n in zip(want, need) if n]
+        assert all(tag is None for (_, tag), n in zip(got, need) if not n)

@@ -132,8 +132,13 @@ def typed_node(group: str, values: Mapping[str, Any], choice: str | None = None)
     choice = choice or values.get("name")
     if not choice:
         raise ConfigValueError(f"{group}.name is not set")
-    base = group_defaults(group, choice)
-    node = _typed(schema_of(group, values.get("name", base.get("name"))), base, values, f"{group}.")
+    schema = schema_of(group, values["name"]) if values.get("name") else None
+    if schema is not None and all(f.name in values for f in dataclasses.fields(schema)):
+        base = {}  # a whole node (e.g. Hydra's composed one): the YAML's values would all be overridden
+    else:
+        base = group_defaults(group, choice)
+        schema = schema_of(group, values.get("name", base.get("name")))
+    node = _typed(schema, base, values, f"{group}.")
     validate_group(group, node)
     return node
 
