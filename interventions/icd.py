@@ -24,8 +24,10 @@ Reference behaviour (github.com/p1k0pan/ICD):
     is unchanged; only the Q-Former's instruction text becomes the disturbance (`normal.json`), or the
     disturbance immediately followed by the question (`question.json`, concatenated without a space:
     `qformer_with_question: true`). Only for families whose image encoder reads an instruction (Q-Former
-    text); others raise naming the family. The reference's BLIP text processor also lower-cases and strips
-    `.!"()*#:;~` from the disturbance; the Q-Former tokenizer here receives it as written.
+    text); others raise naming the family. The scripts pass that text through LAVIS's eval text processor
+    (`blip_caption`, `lavis/processors/blip_processors.py`: lower-case, each of `.!"()*#:;~` -> a space,
+    runs of whitespace -> one space, stripped, at most 50 words): `qformer_text: blip_caption` (default) does
+    the same (`blip_caption_text`); `qformer_text: raw` gives the Q-Former tokenizer the text as written.
   - `question`: the disturbance and a space before the question, inside the family's own prompt (any
     family; not in the reference, for templates without a system turn such as BLIP-2's).
   `placement: null` picks `qformer` where the image encoder reads the instruction, else `system` where the
@@ -37,6 +39,7 @@ Reference behaviour (github.com/p1k0pan/ICD):
 """
 from __future__ import annotations
 
+import re
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -45,6 +48,16 @@ from interventions.base import GenerationPlan, Intervention
 from interventions.contrastive import ContrastiveIntervention, View, batch_view
 
 PLACEMENTS = ("system", "question", "qformer")
+_BLIP_PUNCT = re.compile(r"([.!\"()*#:;~])")
+_BLIP_SPACES = re.compile(r"\s{2,}")
+
+
+def blip_caption_text(text: str, max_words: int = 50) -> str:
+    """LAVIS's `BlipCaptionProcessor.pre_caption` (the eval text processor of InstructBLIP's scripts):
+    lower-cased, `.!"()*#:;~` replaced by spaces, whitespace runs collapsed, stripped, cut to `max_words`."""
+    text = _BLIP_SPACES.sub(" ", _BLIP_PUNCT.sub(" ", text.lower())).rstrip("\n").strip(" ")
+    words = text.split(" ")
+    return " ".join(words[:max_words]) if len(words) > max_words else text
 
 
 def reads_instruction(model: Any) -> bool:
@@ -128,6 +141,8 @@ class Icd(ContrastiveIntervention, Intervention):
         if placement == "qformer":
             qtok = adapter.processor.qformer_tokenizer
             texts = [text + q if self.cfg["qformer_with_question"] else text for q in batch.questions]
+            if self.cfg["qformer_text"] == "blip_caption":
+                texts = [blip_caption_text(t) for t in texts]
             enc = qtok(texts, padding=True, return_tensors="pt")
             dev = batch.inputs["qformer_input_ids"].device
             inputs = {**batch.inputs, "qformer_input_ids": enc["input_ids"].to(dev),

@@ -187,11 +187,20 @@ def test_icd_system_first_step_equals_reference_formula(tiny_adapters, coco_imag
     _assert_scores(rec.scores[0], torch.stack(exp), tok)
 
 
-@pytest.mark.parametrize("with_question", [False, True])
-def test_icd_qformer_first_step_equals_reference_formula(tiny_adapters, coco_images, with_question):
+def _lavis_pre_caption(text):
+    """LAVIS BlipCaptionProcessor.pre_caption as the ICD scripts' txt_processors["eval"] runs it (max 50 words)."""
+    import re
+
+    text = re.sub(r"\s{2,}", " ", re.sub(r"([.!\"()*#:;~])", " ", text.lower())).rstrip("\n").strip(" ")
+    return " ".join(text.split(" ")[:50])
+
+
+@pytest.mark.parametrize("with_question,qformer_text", [(False, "blip_caption"), (True, "blip_caption"),
+                                                        (False, "raw"), (True, "raw")])
+def test_icd_qformer_first_step_equals_reference_formula(tiny_adapters, coco_images, with_question, qformer_text):
     a = tiny_adapters["tiny_instructblip"]
     b = a.prepare(coco_images[:2], QUESTIONS[:2])
-    iv = _make("icd", a, alpha=1.0, beta=0.1, qformer_with_question=with_question)
+    iv = _make("icd", a, alpha=1.0, beta=0.1, qformer_with_question=with_question, qformer_text=qformer_text)
     assert iv.params()["placement"] == "qformer"
     rec = _Recorder()
     tok = _generate(iv, a, b, ONE, [rec])[:, 0]
@@ -202,7 +211,11 @@ def test_icd_qformer_first_step_equals_reference_formula(tiny_adapters, coco_ima
         for i, q in enumerate(QUESTIONS[:2]):
             row = _row(a, b, i)
             lo = a.model(**row).logits[0, -1].float()
-            enc = qtok([text + q if with_question else text], return_tensors="pt")
+            qtext = text + q if with_question else text
+            if qformer_text == "blip_caption":
+                qtext = _lavis_pre_caption(qtext)
+                assert qtext != (text + q if with_question else text) and qtext == qtext.lower()
+            enc = qtok([qtext], return_tensors="pt")
             dis = {**row, "qformer_input_ids": enc["input_ids"], "qformer_attention_mask": enc["attention_mask"]}
             lc = a.model(**dis).logits[0, -1].float()
             exp.append(_vcd_formula(lo, lc, 1.0, 0.1))

@@ -88,6 +88,7 @@ class IcdConfig(InterventionConfig):
     prompt_index: int = rule(ge=0)
     placement: Optional[str] = rule(choices=("system", "question", "qformer"))
     qformer_with_question: bool = MISSING
+    qformer_text: str = rule(choices=("blip_caption", "raw"))
     reference_sampling: bool = MISSING
 
 
