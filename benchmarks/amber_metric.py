@@ -40,7 +40,8 @@ from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from benchmarks.nltk_setup import ensure_nltk_data, get_tagger, lemmatize
+from benchmarks.chair_text import word_tokenize
+from benchmarks.nltk_setup import get_tagger, lemmatize
 
 #: annotation type -> discriminative group (AMBER's de / da / dr dimensions; attribute has three kinds)
 TYPE_GROUP = {
@@ -83,10 +84,7 @@ def load_vocab(relation_file: str, safe_words_file: str) -> AmberVocab:
 @functools.lru_cache(maxsize=65536)
 def extract_nouns(text: str) -> tuple[str, ...]:
     """The reference's ``extract_nouns``: lemmas of the NN* tokens of the text, in order."""
-    import nltk
-
-    ensure_nltk_data()
-    tagged = get_tagger().tag(nltk.word_tokenize(text))
+    tagged = get_tagger().tag(word_tokenize(text))  # exactly nltk.word_tokenize (benchmarks/chair_text.py)
     return tuple(lemmatize(word, "n") for word, pos in tagged if pos.startswith("NN"))
 
 
