@@ -27,15 +27,18 @@ class Registry(Generic[T]):
 
         return deco
 
-    def _import_all(self) -> None:
-        # Modules that do not exist (yet) are skipped; errors inside existing ones propagate.
+    def _import_all(self, until: str | None = None) -> None:
+        # Modules that do not exist (yet) are skipped; errors inside existing ones propagate. With `until`,
+        # stop once that name is registered (a scoring run need not import the judge client, say).
         for mod in self._modules:
+            if until is not None and until in self._entries:
+                return
             if importlib.util.find_spec(mod) is not None:
                 importlib.import_module(mod)
 
     def get(self, name: str) -> T:
         """The factory registered under `name`; a KeyError lists the valid names."""
-        self._import_all()
+        self._import_all(until=name)
         if name not in self._entries:
             raise KeyError(f"unknown {self.kind} {name!r}; valid choices: {', '.join(sorted(self._entries))}")
         return self._entries[name]

@@ -1,8 +1,9 @@
 """`halluc-bench` / `python run.py model=... intervention=... benchmark=...` (Hydra; sweeps with -m).
 
-Configs ship as package data (`pkg://configs`), so a wheel install runs from any folder. Before Hydra runs
-the job, the overrides are composed once against the typed schema: a wrong type, an unknown key or an
-unknown choice prints one line `error: <key>: <what>` and exits 2 (HYDRA_FULL_ERROR=1: Hydra's own report).
+Configs ship as package data (`pkg://configs`), so a wheel install runs from any folder. Hydra composes the
+overrides against the typed schema; until the job starts, Hydra is told to raise what goes wrong instead of
+printing it (HYDRA_FULL_ERROR is set for the composition only), so a wrong type, an unknown key or an unknown
+choice prints one line `error: <key>: <what>` and exits 2 (a user's HYDRA_FULL_ERROR=1: Hydra's own report).
 Inside the job, range checks and every HarnessError print one line the same way.
 """
 from __future__ import annotations
@@ -70,28 +71,28 @@ def fail(message: str) -> None:
     sys.exit(EXIT_CODE)
 
 
-def precheck(argv: list[str]) -> None:
-    """Compose the command line's overrides once; a config error becomes one line naming the key.
+_forced_full_error = False  # HYDRA_FULL_ERROR=1 set by main() for the composition only
 
-    Skipped for multirun sweeps and Hydra's own flags (`--cfg`, `--help`, ...): Hydra reports those.
-    """
-    if any(a.startswith("-") for a in argv) or os.environ.get("HYDRA_FULL_ERROR") == "1":
-        return
-    overrides = [a for a in argv if not a.lstrip("+~").startswith(("hydra.", "hydra/"))]
-    from hydra import compose, initialize_config_module
+
+def _release_full_error() -> None:
+    """Give the job the user's environment back (its children, and Hydra's report of a failing job)."""
+    global _forced_full_error
+    if _forced_full_error:
+        os.environ.pop("HYDRA_FULL_ERROR", None)
+        _forced_full_error = False
+
+
+def report_composition_error(e: BaseException) -> None:
+    """One `error:` line for what stopped Hydra before the job started (a config error names its key)."""
     from hydra.errors import MissingConfigException
 
-    try:
-        with initialize_config_module(config_module="configs", version_base="1.3"):
-            compose(config_name="config", overrides=overrides)
-    except MissingConfigException as e:
+    if isinstance(e, MissingConfigException):
         options = getattr(e, "options", None) or []
         missing = getattr(e, "missing_cfg_file", "") or ""
         group = missing.rsplit("/", 1)[0] if "/" in missing else ""
         hint = f"; valid choices: {', '.join(sorted(options))}" if options else ""
         fail(f"{group or 'config'}: no choice {missing.rsplit('/', 1)[-1]!r}{hint}")
-    except Exception as e:  # Hydra's composition errors wrap omegaconf's, which name the key
-        fail(config_error_line(e))
+    fail(config_error_line(e))
 
 
 @hydra.main(config_path="pkg://configs", config_name="config", version_base="1.3")
@@ -102,6 +103,7 @@ def hydra_main(cfg: DictConfig):
     A HarnessError (bad input or configuration, busy run folder) prints one line `error: <message>` and
     exits with code 2; HYDRA_FULL_ERROR=1 shows the traceback instead.
     """
+    _release_full_error()
     try:
         return _run(cfg)
     except HarnessError as e:
@@ -143,10 +145,24 @@ def objective(scores: dict, metric: str) -> float:
 
 
 def main() -> None:
-    """Console entry point `halluc-bench`: check the overrides, then run Hydra's main."""
+    """Console entry point `halluc-bench`: Hydra's main; an error before the job starts is one line.
+
+    Hydra's own flags (`--cfg`, `--help`, `-m` sweeps) and a user's HYDRA_FULL_ERROR=1 keep Hydra's reports."""
+    global _forced_full_error
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    precheck(sys.argv[1:])
-    hydra_main()
+    if any(a.startswith("-") for a in sys.argv[1:]) or os.environ.get("HYDRA_FULL_ERROR") == "1":
+        hydra_main()
+        return
+    os.environ["HYDRA_FULL_ERROR"], _forced_full_error = "1", True
+    try:
+        hydra_main()
+    except Exception as e:
+        if not _forced_full_error:  # the job had started: not a composition error
+            raise
+        _release_full_error()
+        report_composition_error(e)
+    finally:
+        _release_full_error()
 
 
 if __name__ == "__main__":  # `python -m harness.cli.run ...` (what scripts that start runs use)
