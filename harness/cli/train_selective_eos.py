@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from harness.eos.data import ConversationDataset, load_model_config, load_records, split_labels, to_model
     from harness.eos.selective_loss import selective_eos_loss, standard_lm_loss
-    from harness.models.loader import load_adapter
+    from harness.models.loader import load_adapter, quiet_peft
 
     torch.manual_seed(args.seed)
     cfg = load_model_config(args.model, args.set)
@@ -106,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
                           target_modules=target, bias="none", task_type="CAUSAL_LM",
                           modules_to_save=[projector] if projector else None)
     torch.manual_seed(args.seed)
-    model = get_peft_model(adapter.model, lora_cfg)
+    with quiet_peft():
+        model = get_peft_model(adapter.model, lora_cfg)
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()

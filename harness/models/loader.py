@@ -1,9 +1,11 @@
 """Load a model adapter from a model config: a hub id or local folder, or a tiny offline variant."""
 from __future__ import annotations
 
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
 
@@ -71,6 +73,15 @@ def load_model_info(cfg: Mapping[str, Any]) -> ModelInfo:
     return ModelInfo(spec, config, cfg["name"], cfg["prompt_template"] or spec.prompt_template)
 
 
+@contextmanager
+def quiet_peft() -> Iterator[None]:
+    """Silence the one FutureWarning peft causes on transformers 5: peft reads the deprecated
+    `model.is_gradient_checkpointing` (nothing of ours does); every other warning still shows."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
+
+
 def load_adapter(cfg: Mapping[str, Any]) -> VLMAdapter:
     """A VLMAdapter for a model config node (`configs/model/<name>.yaml`; a dict given in code starts from the
     YAML of its `tiny` or `name` choice)."""
@@ -92,7 +103,8 @@ def load_adapter(cfg: Mapping[str, Any]) -> VLMAdapter:
     if cfg["adapter"]:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, cfg["adapter"]).merge_and_unload()
+        with quiet_peft():
+            model = PeftModel.from_pretrained(model, cfg["adapter"]).merge_and_unload()
     model.eval()
     spec = model_family(cfg, model.config)
     processor = spec.load_processor(path, trust)
