@@ -7,15 +7,15 @@ adjective and adverb lemmas fall in one class needs no tag ("the", "dog", "stree
 is the noun lemma "dog" but the adjective lemma "dogs"). nltk's tagger is greedy left to right: a scored
 token's tag depends on the tags of the two tokens before it, so those are needed too, except that a word of
 the tag dictionary gets its tag without context (`needed_tags`). Tagging only the needed tokens
-(`FastPerceptronTagger.tag_many(..., needed=...)`) gives nltk's tags for them, so the counts are exactly
+(`FastPerceptronTagger.tag_needed`) gives nltk's tags for them, so the counts are exactly
 those of the full pipeline (`chair_metric.analyse_words` over every lemma; tested on every shipped caption
 in tests/test_scoring_lean.py). On the shipped captions about 1 token in 15 needs scoring.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterable, Sequence
 
-from benchmarks.chair_text import lemmatize
+from benchmarks.chair_text import lemmatize, word_tokenize
 
 #: Penn Treebank tag initial -> WordNet POS, anything else a noun (the reference's ``get_wordnet_pos``)
 POS_OF_TAG = {"J": "a", "V": "v", "N": "n", "R": "r"}
@@ -82,17 +82,18 @@ def count_classes(classes: Sequence[object], vocab) -> tuple[int, tuple[str, ...
     return n - merges, found
 
 
-def summarise_captions(token_lists: list[list[str]], vocab, tagger, word_classes: WordClasses
+def summarise_captions(captions: Iterable[str], vocab, tagger, word_classes: WordClasses
                        ) -> list[tuple[int, tuple[str, ...]]]:
-    """Per tokenized caption: (merged word count, MSCOCO objects of its mentions), tagging only what matters."""
+    """Per caption: (merged word count, MSCOCO objects of its mentions), tagging only what matters."""
     tagdict, known, of, out = tagger.tagdict, word_classes._cache, word_classes.of, []
-    for tokens in token_lists:
+    for caption in captions:
+        tokens = word_tokenize(caption.lower())
         info = [known.get(t) or of(t) for t in tokens]
         if all(f for f, _ in info):
             classes = [c for _, c in info]
         else:
             need = needed_tags([f for f, _ in info], [bool(tagdict.get(t)) for t in tokens])
-            tagged = tagger.tag_many([tokens], needed=[need])[0]
+            tagged = tagger.tag_needed(tokens, need)
             classes = [c if f else c[POS_OF_TAG.get(tag[:1], "n")] for (f, c), (_, tag) in zip(info, tagged)]
         out.append(count_classes(classes, vocab) if any(c is not None for c in classes) else (len(classes), ()))
     return out

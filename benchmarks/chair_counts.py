@@ -13,16 +13,12 @@ from typing import Iterable, Mapping
 
 from benchmarks.chair_classes import WordClasses, summarise_captions
 from benchmarks.chair_metric import ChairVocab, coco_image_id, load_vocab
-from benchmarks.chair_text import word_tokenize
 from benchmarks.nltk_setup import get_tagger
 
 #: below this many distinct captions, ``workers=None`` analyses them in this process (a pool costs ~0.1 s)
 PARALLEL_MIN_CAPTIONS = 2000
 #: ``workers=None`` uses at most this many processes (half the cores)
 MAX_AUTO_WORKERS = 4
-
-#: captions tagged together (bounds the temporary score arrays: ~30 MB)
-BATCH = 1000
 
 _worker_vocab: ChairVocab | None = None  # the vocabulary of a pool's forked workers
 
@@ -36,11 +32,7 @@ def word_classes(vocab: ChairVocab) -> WordClasses:
 def summarise(captions: list[str], vocab: ChairVocab) -> list[tuple[int, tuple[str, ...]]]:
     """Per caption: (number of merged words, MSCOCO objects of its mentions in caption order); only the
     tokens whose POS tag can change these are tagged (benchmarks/chair_classes.py)."""
-    classes, tagger, out = word_classes(vocab), get_tagger(), []
-    for start in range(0, len(captions), BATCH):
-        token_lists = [word_tokenize(c.lower()) for c in captions[start:start + BATCH]]
-        out.extend(summarise_captions(token_lists, vocab, tagger, classes))
-    return out
+    return summarise_captions(captions, vocab, get_tagger(), word_classes(vocab))
 
 
 def _summaries(captions: list[str]) -> list[tuple[int, tuple[str, ...]]]:

@@ -81,12 +81,6 @@ def lemma_pos(caption: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return tuple(tokens), tuple(lemmatize(w, _POS.get(tag[:1], "n")) for w, tag in tagged)
 
 
-def lemma_pos_many(captions: list[str]) -> list[tuple[str, ...]]:
-    """The lemmas of ``lemma_pos(caption)`` for many captions (tagged together with ``tag_many``)."""
-    tagged = get_tagger().tag_many([word_tokenize(c.lower()) for c in captions])
-    return [tuple(lemmatize(w, _POS.get(tag[:1], "n")) for w, tag in tags) for tags in tagged]
-
-
 @functools.lru_cache(maxsize=4096)
 def lemma_pos_tokens(caption: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """``lemma_pos(caption)``, cached for the most recent distinct captions."""

@@ -3,9 +3,8 @@
 ``FastPerceptronTagger`` reuses nltk's tag dictionary, feature extraction and weights (read from the shipped
 JSON files); scores are summed in nltk's feature order, so the floating point sums are nltk's bit for bit, and
 ties go to the alphabetically last tag, as in nltk. A decision is memoised on what nltk's features read (the
-word, the two previous tags and the normalised words around it); ``tag_many`` scores the i-th tokens of many
-token lists in one array operation and can skip the tokens whose tags nobody needs. Weight rows are laid out
-on first use. Equality with nltk: tests/test_scoring_lean.py.
+word, the two previous tags and the normalised words around it); ``tag_needed`` skips the tokens whose tags
+nobody needs. Weight rows are laid out on first use. Equality with nltk: tests/test_scoring_lean.py.
 """
 from __future__ import annotations
 
@@ -41,7 +40,7 @@ def load_nltk_tagger(lang: str = "eng"):
 
 
 class FastPerceptronTagger:
-    """``.tag(tokens)`` == ``nltk.pos_tag(tokens)``; ``.tag_many(lists, needed=...)`` for many lists at once."""
+    """``.tag(tokens)`` == ``nltk.pos_tag(tokens)``; ``.tag_needed(tokens, needed)`` tags only some tokens."""
 
     MEMO_SIZE = 1 << 18  # memoised tagging decisions kept at most (then the memo starts afresh)
 
@@ -58,9 +57,8 @@ class FastPerceptronTagger:
             self.classes = sorted(model.classes)
             self._col = {c: j for j, c in enumerate(self.classes)}
             self.row = {f: i for i, f in enumerate(model.weights)}
-            self.W = np.zeros((len(self.row) + 1, len(self.classes)))  # + a zero row that pads batches
+            self.W = np.zeros((len(self.row), len(self.classes)))
             self._filled = bytearray(len(self.row))  # rows of W laid out so far
-            self._zero_row = len(self.row)
             self._np, self._fast = np, callable(getattr(self.nltk, "_get_features", None))
             self._own_keys = self._fast and self._keys_match_nltk()
         except (AttributeError, KeyError, TypeError, ImportError):
@@ -131,59 +129,12 @@ class FastPerceptronTagger:
         self._memo[key] = tag
         return tag
 
-    def tag_many(self, token_lists: list[list[str]], needed: list[Sequence[bool]] | None = None
-                 ) -> list[list[tuple[str, str | None]]]:
-        """``[self.tag(tokens) for tokens in token_lists]``; the scores of all lists' i-th tokens are computed
-        together (the same sums in the same order per token, so the same tags). With ``needed`` (per list, per
-        token), only those tokens are tagged (the others get None); the two tokens before every needed token
-        that is not in the tag dictionary must be needed too (``chair_classes.needed_tags``)."""
-        t, memo = self.nltk, self._memo
-        if not self._fast or not token_lists:
-            return [self.tag(tokens) for tokens in token_lists]
-        if needed is not None and self._own_keys:
-            return [self.tag_needed(tokens, nd) for tokens, nd in zip(token_lists, needed)]
-        contexts = [self._context(tokens) for tokens in token_lists]
-        tags: list[list] = [[None] * len(tokens) for tokens in token_lists]
-        prevs = [tuple(t.START) for _ in token_lists]  # (prev, prev2) of each list
-        for i in range(max(map(len, token_lists))):
-            pending = []  # (list index, memo key, weight rows of the features, in nltk's order)
-            for s, tokens in enumerate(token_lists):
-                if i >= len(tokens):
-                    continue
-                if needed is not None and not needed[s][i]:
-                    prevs[s] = (None, prevs[s][0])
-                    continue
-                word, (prev, prev2), ctx = tokens[i], prevs[s], contexts[s]
-                tag = self.tagdict.get(word)
-                if not tag:
-                    key = (word, prev, prev2, ctx[i], ctx[i + 1], ctx[i + 3], ctx[i + 4])
-                    tag = memo.get(key)
-                    if tag is None:
-                        if self._own_keys:
-                            pending.append((s, key, self._rows(self._feature_keys(i, word, ctx, prev, prev2))))
-                            continue
-                        features = t._get_features(i, word, ctx, prev, prev2)
-                        if set(features.values()) != {1}:
-                            tag = self._remember(key, self._predict(features))
-                        else:
-                            pending.append((s, key, self._rows(features)))
-                            continue
-                tags[s][i], prevs[s] = tag, (tag, prev)
-            if pending:
-                np = self._np
-                idx = np.full((len(pending), max(len(r) for *_, r in pending)), self._zero_row)
-                for j, (*_, r) in enumerate(pending):
-                    idx[j, :len(r)] = r
-                acc = self.W[idx].cumsum(axis=1)[:, -1, :]  # sequential sums in feature order; pads add 0.0
-                best = acc.shape[1] - 1 - acc[:, ::-1].argmax(axis=1)  # the last of tied maxima
-                for (s, key, _), b in zip(pending, best.tolist()):
-                    tag = self._remember(key, self.classes[b])
-                    tags[s][i], prevs[s] = tag, (tag, prevs[s][0])
-        return [list(zip(tokens, ts)) for tokens, ts in zip(token_lists, tags)]
-
     def tag_needed(self, tokens: Sequence[str], needed: Sequence[bool]) -> list[tuple[str, str | None]]:
         """``self.tag(tokens)`` at the needed positions, None elsewhere (the two tokens before a needed token
-        that is not in the tag dictionary must be needed too); only needed words are normalised."""
+        that is not in the tag dictionary must be needed too: ``chair_classes.needed_tags``); only needed words
+        are normalised and scored."""
+        if not self._own_keys:  # nltk's features changed: tag everything the nltk way
+            return [(w, tag if nd else None) for (w, tag), nd in zip(self.tag(list(tokens)), needed)]
         t, memo, tagdict, norm = self.nltk, self._memo, self.tagdict, self._normalize
         n, (start, start2), end = len(tokens), t.START, t.END
         tags: list[str | None] = [None] * n

@@ -161,7 +161,7 @@ def test_pope_question_files_need_no_datasets():
     assert out.stdout.strip() == "[]"
 
 
-def test_tag_many_equals_nltk_tagger():
+def test_fast_tagger_equals_nltk_tagger():
     import nltk
     from nltk.tag.perceptron import PerceptronTagger
 
@@ -172,22 +172,23 @@ def test_tag_many_equals_nltk_tagger():
     fast = FastPerceptronTagger()
     assert fast._own_keys
     want = [PerceptronTagger().tag(tokens) for tokens in token_lists[:50]]
-    assert fast.tag_many(token_lists[:50]) == want  # cold memo: every decision scored in batches
+    assert [fast.tag(tokens) for tokens in token_lists[:50]] == want  # cold memo: every decision scored
     assert [fast.tag(tokens) for tokens in token_lists[:50]] == want  # memoised decisions
+    assert [fast.tag_needed(tokens, [True] * len(tokens)) for tokens in token_lists[:50]] == want
     reference = PerceptronTagger()
-    assert fast.tag_many(token_lists) == [reference.tag(tokens) for tokens in token_lists]
+    assert [fast.tag(tokens) for tokens in token_lists] == [reference.tag(tokens) for tokens in token_lists]
 
 
 @pytest.mark.parametrize("fix_vocab_quirks", [False, True])
 def test_class_counts_equal_full_lemma_pipeline_on_every_shipped_caption(fix_vocab_quirks):
     """Tagging only the tokens whose tag can matter gives the counts of lemmatizing every token."""
     from benchmarks.chair_counts import summarise
-    from benchmarks.chair_metric import analyse_words, lemma_pos_many
+    from benchmarks.chair_metric import analyse_words, lemma_pos
 
     vocab = load_vocab(fix_vocab_quirks)
     caps = _captions() + TRICKY + ["", "Toilet seat and a teddy bear, hot dogs.", "Dogs dogging; a baby bird."]
     want = []
-    for lemmas in lemma_pos_many(caps):
+    for _, lemmas in map(lemma_pos, caps):
         merged, found = analyse_words(lemmas, vocab)
         want.append((len(merged), tuple(obj for _, obj, _, _ in found)))
     assert summarise(caps, vocab) == want

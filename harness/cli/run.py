@@ -159,7 +159,6 @@ def main() -> None:
     except Exception as e:
         if not _forced_full_error:  # the job had started: not a composition error
             raise
-        _release_full_error()
         report_composition_error(e)
     finally:
         _release_full_error()
