@@ -6,8 +6,9 @@ They are shipped with the package (see ``benchmarks/data/SOURCES.md``), so a use
 set ``NLTK_DATA`` or call ``nltk.download``.
 
 Also the NLTK tools CHAIR calls, loaded once per process: ``get_tagger()`` (``.tag`` gives exactly
-``nltk.pos_tag``'s tags, faster: benchmarks/perceptron_tagger.py) and a cached ``lemmatize(word, pos)``; ``import_nltk()`` imports nltk
-without the optional scipy / scikit-learn / pandas / matplotlib it would otherwise load (seconds).
+``nltk.pos_tag``'s tags, faster and without importing nltk: benchmarks/perceptron_tagger.py) and a cached
+``lemmatize(word, pos)``; ``import_nltk()`` imports nltk (for the tools that still call it, e.g. the ground-truth
+builder) without the optional scipy / scikit-learn / pandas / matplotlib it would otherwise load (seconds).
 """
 from __future__ import annotations
 
@@ -97,7 +98,6 @@ def get_tagger():
     shipped data (``.tag(tokens)`` == ``nltk.pos_tag``)."""
     from benchmarks.perceptron_tagger import FastPerceptronTagger
 
-    ensure_nltk_data()
     return FastPerceptronTagger()
 
 

@@ -1,42 +1,54 @@
-"""nltk's averaged-perceptron POS tagger (``nltk.pos_tag``), with the same tags, computed faster.
+"""nltk's averaged-perceptron POS tagger (``nltk.pos_tag``), with the same tags, computed faster and without
+importing nltk.
 
-``FastPerceptronTagger`` reuses nltk's tag dictionary, feature extraction and weights (read from the shipped
-JSON files); scores are summed in nltk's feature order, so the floating point sums are nltk's bit for bit, and
-ties go to the alphabetically last tag, as in nltk. A decision is memoised on what nltk's features read (the
-word, the two previous tags and the normalised words around it); ``tag_needed`` skips the tokens whose tags
-nobody needs. Weight rows are laid out on first use. Equality with nltk: tests/test_scoring_lean.py.
+``FastPerceptronTagger`` reads nltk's shipped tagger (weights, tag dictionary, classes: the JSON files of
+``averaged_perceptron_tagger_eng``) and computes nltk 3.10's ``PerceptronTagger.tag``: its word normalisation,
+its features (``_feature_keys``, in nltk's order) and its scores, summed in nltk's feature order, so the
+floating point sums are nltk's bit for bit; ties go to the alphabetically last tag, as in nltk. A decision is
+memoised on what the features read (the word, the two previous tags and the normalised words around it);
+``tag_needed`` skips the tokens whose tags nobody needs. Weight rows are laid out on first use. Equality with
+the installed nltk (features and tags): tests/test_scoring_lean.py, tests/test_chair.py.
 """
 from __future__ import annotations
 
 import json
-from typing import Mapping, Sequence
+from pathlib import Path
+from typing import Sequence
 
-from benchmarks.nltk_setup import ensure_nltk_data, import_nltk
+import numpy as np
+
+from benchmarks.nltk_setup import NLTK_DATA_DIR
 
 PARAM_KINDS = ("weights", "tagdict", "classes")  # nltk's order of the tagger's JSON files
+START, END = ("-START-", "-START2-"), ("-END-", "-END2-")  # nltk's context pads
 
 
 def _no_constants(name: str) -> float:
     raise ValueError(f"tagger data: non-finite number {name} (nltk rejects those too)")
 
 
-def load_nltk_tagger(lang: str = "eng"):
-    """nltk's ``PerceptronTagger`` for ``lang`` from the shipped ``nltk_data`` (its JSON read directly: nltk's
-    loader walks the 5 MB of weights again to reject non-finite numbers, which ``json`` rejects here)."""
-    nltk = import_nltk()
-    ensure_nltk_data()
-    from nltk.tag.perceptron import PerceptronTagger
-
-    tagger = PerceptronTagger(load=False)
-    if not callable(getattr(tagger, "decode_json_params", None)):
-        return PerceptronTagger(lang=lang)
-    root = nltk.data.find(f"taggers/averaged_perceptron_tagger_{lang}/")
+def load_tagger_params(lang: str = "eng", root: Path | None = None) -> tuple[dict, dict, list]:
+    """(weights {feature: {tag: weight}}, tag dictionary {word: tag}, classes) of nltk's shipped tagger."""
+    root = root or NLTK_DATA_DIR / "taggers" / f"averaged_perceptron_tagger_{lang}"
     params = []
     for kind in PARAM_KINDS:
-        with root.join(f"averaged_perceptron_tagger_{lang}.{kind}.json").open() as fh:
-            params.append(json.loads(fh.read().decode("utf-8"), parse_constant=_no_constants))
-    tagger.decode_json_params(params)
-    return tagger
+        path = root / f"averaged_perceptron_tagger_{lang}.{kind}.json"
+        try:
+            params.append(json.loads(path.read_bytes().decode("utf-8"), parse_constant=_no_constants))
+        except FileNotFoundError:
+            raise LookupError(f"POS tagger data not found: {path} (shipped with the package; reinstall it)") from None
+    return tuple(params)
+
+
+def normalize(word: str) -> str:
+    """nltk's ``PerceptronTagger.normalize``: hyphenated words, years and numbers as placeholders, else lower case."""
+    if "-" in word and word[0] != "-":
+        return "!HYPHEN"
+    if word.isdigit() and len(word) == 4:
+        return "!YEAR"
+    if word and word[0].isdigit():
+        return "!DIGITS"
+    return word.lower()
 
 
 class FastPerceptronTagger:
@@ -44,25 +56,15 @@ class FastPerceptronTagger:
 
     MEMO_SIZE = 1 << 18  # memoised tagging decisions kept at most (then the memo starts afresh)
 
-    def __init__(self) -> None:
+    def __init__(self, lang: str = "eng") -> None:
         self._memo: dict[tuple, str] = {}
         self._norm: dict[str, str] = {}
-        self.nltk = load_nltk_tagger()
-        self.tagdict: Mapping[str, str] = self.nltk.tagdict
-        self._fast = False
-        try:
-            import numpy as np
-
-            model = self.nltk.model
-            self.classes = sorted(model.classes)
-            self._col = {c: j for j, c in enumerate(self.classes)}
-            self.row = {f: i for i, f in enumerate(model.weights)}
-            self.W = np.zeros((len(self.row), len(self.classes)))
-            self._filled = bytearray(len(self.row))  # rows of W laid out so far
-            self._np, self._fast = np, callable(getattr(self.nltk, "_get_features", None))
-            self._own_keys = self._fast and self._keys_match_nltk()
-        except (AttributeError, KeyError, TypeError, ImportError):
-            self._fast = self._own_keys = False
+        self.weights, self.tagdict, classes = load_tagger_params(lang)
+        self.classes = sorted(set(classes))
+        self._col = {c: j for j, c in enumerate(self.classes)}
+        self.row = {f: i for i, f in enumerate(self.weights)}
+        self.W = np.zeros((len(self.row), len(self.classes)))
+        self._filled = bytearray(len(self.row))  # rows of W laid out so far
 
     def _rows(self, keys) -> list[int]:
         """Rows of W of the features among ``keys`` that have weights, in order (laid out on first use)."""
@@ -72,7 +74,7 @@ class FastPerceptronTagger:
             if r is None:
                 continue
             if not filled[r]:
-                for label, w in self.nltk.model.weights[k].items():
+                for label, w in self.weights[k].items():
                     self.W[r, self._col[label]] = w
                 filled[r] = 1
             out.append(r)
@@ -81,12 +83,8 @@ class FastPerceptronTagger:
     def _normalize(self, word: str) -> str:
         n = self._norm.get(word)
         if n is None:
-            n = self._norm[word] = self.nltk.normalize(word)
+            n = self._norm[word] = normalize(word)
         return n
-
-    def _context(self, tokens: Sequence[str]) -> list[str]:
-        t = self.nltk
-        return t.START + [self._normalize(w) for w in tokens] + t.END
 
     @staticmethod
     def _feature_keys(i: int, word: str, ctx: list[str], prev: str, prev2: str) -> tuple[str, ...]:
@@ -99,30 +97,6 @@ class FastPerceptronTagger:
                 "i-1 word " + w1, "i-1 suffix " + w1[-3:], "i-2 word " + w2, "i+1 word " + n1,
                 "i+1 suffix " + n1[-3:], "i+2 word " + n2)
 
-    def _keys_match_nltk(self) -> bool:
-        """Whether ``_feature_keys`` gives nltk's features (checked once; otherwise nltk's are used)."""
-        t = self.nltk
-        tokens = ["A", "well-known", "dog", "ran", "2,000", "m", "in", "1999", "."]
-        ctx = t.START + [t.normalize(w) for w in tokens] + t.END
-        prev, prev2 = t.START
-        for i, word in enumerate(tokens):
-            features = t._get_features(i, word, ctx, prev, prev2)
-            if set(features.values()) != {1} or list(features) != list(self._feature_keys(i, word, ctx, prev, prev2)):
-                return False
-            prev2, prev = prev, "NN"
-        return True
-
-    def _predict(self, features: Mapping[str, int]) -> str:
-        if set(features.values()) == {1}:  # nltk's features are all counted once
-            m = self.W[self._rows(features)]
-        else:
-            pairs = [(f, v) for f, v in features.items() if v != 0 and f in self.row]
-            m = self.W[self._rows(f for f, _ in pairs)] * self._np.array([v for _, v in pairs], dtype=float)[:, None]
-        if not len(m):
-            return self.classes[-1]
-        acc = m.cumsum(axis=0)[-1]  # sequential sums, in feature order, like nltk's loop
-        return self.classes[int(self._np.flatnonzero(acc == acc.max())[-1])]
-
     def _remember(self, key: tuple, tag: str) -> str:
         if len(self._memo) >= self.MEMO_SIZE:
             self._memo.clear()
@@ -133,10 +107,8 @@ class FastPerceptronTagger:
         """``self.tag(tokens)`` at the needed positions, None elsewhere (the two tokens before a needed token
         that is not in the tag dictionary must be needed too: ``chair_classes.needed_tags``); only needed words
         are normalised and scored."""
-        if not self._own_keys:  # nltk's features changed: tag everything the nltk way
-            return [(w, tag if nd else None) for (w, tag), nd in zip(self.tag(list(tokens)), needed)]
-        t, memo, tagdict, norm = self.nltk, self._memo, self.tagdict, self._normalize
-        n, (start, start2), end = len(tokens), t.START, t.END
+        memo, tagdict, norm = self._memo, self.tagdict, self._normalize
+        n, (start, start2), end = len(tokens), START, END
         tags: list[str | None] = [None] * n
 
         def ctx(j: int) -> str:  # nltk's context[j + 2]: the normalised j-th word, or a START / END pad
@@ -164,21 +136,6 @@ class FastPerceptronTagger:
             tags[i] = tag
         return list(zip(tokens, tags))
 
-    def tag(self, tokens: list[str]) -> list[tuple[str, str]]:
+    def tag(self, tokens: Sequence[str]) -> list[tuple[str, str]]:
         """Penn Treebank tags for ``tokens``, equal to ``nltk.pos_tag(tokens)``."""
-        t = self.nltk
-        if not self._fast:
-            return t.tag(tokens)
-        prev, prev2 = t.START
-        context = self._context(tokens)
-        out, memo = [], self._memo
-        for i, word in enumerate(tokens):
-            tag = self.tagdict.get(word)
-            if not tag:  # nltk's features read only these: the decision is memoised on them
-                key = (word, prev, prev2, context[i], context[i + 1], context[i + 3], context[i + 4])
-                tag = memo.get(key)
-                if tag is None:
-                    tag = self._remember(key, self._predict(t._get_features(i, word, context, prev, prev2)))
-            out.append((word, tag))
-            prev2, prev = prev, tag
-        return out
+        return self.tag_needed(tokens, [True] * len(tokens))

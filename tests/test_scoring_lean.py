@@ -17,7 +17,7 @@ from tests.conftest import run_cli
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parent / "data"
 TABLE1 = sorted((DATA / "chair_captions" / "less_is_more_table1").glob("*.jsonl"))
-HEAVY = ("torch", "datasets", "scipy", "sklearn", "pandas", "transformers")
+HEAVY = ("torch", "datasets", "scipy", "sklearn", "pandas", "transformers", "nltk")
 TRICKY = [
     'He said "hi" -- and (then) left... ok? Yes! 3.5 kg, e-mail & can\'t; gonna wanna "quoted".',
     "A 1990s photo: “quoted” text, ‘single’ «guillemets» — dash – en, [brackets] {braces} <angle>.",
@@ -62,6 +62,26 @@ def test_word_tokenize_equals_nltk_on_random_text():
               "İ", "ı", "K", "ſ", "e.g.", "St.", "Mr. ", "U.S."]
     rng = random.Random(0)
     for _ in range(3000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 14)))
+        assert word_tokenize(text) == nltk.word_tokenize(text), repr(text)
+
+
+def test_word_tokenize_equals_nltk_on_random_plain_text():
+    """Plain sentences (ASCII letters, digits, spaces, ``,.-``) take the short rule list: same tokens as nltk,
+    commas before digits and at the end, periods inside and at the end, contractions and near-contractions."""
+    import random
+
+    import nltk
+
+    from benchmarks.chair_text import word_tokenize
+    from benchmarks.nltk_setup import ensure_nltk_data
+
+    ensure_nltk_data()
+    pieces = ["a", "dog", "Cat", " ", "  ", ".", ". ", ",", ", ", ",1", "-", "1", "2,000", "3.5", "1999", "can", "not",
+              "cannot", "Cannot", "gon", "na", "wan", "wanna", "got", "ta", "gotta", "lem", "me", "gim", "more",
+              "wagon", "St.", "Mr. ", "e.g.", "J.", "3.", "x-ray", "A.", "end,", "end.", " ,", "."]
+    rng = random.Random(2)
+    for _ in range(4000):
         text = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 14)))
         assert word_tokenize(text) == nltk.word_tokenize(text), repr(text)
 
@@ -170,13 +190,81 @@ def test_fast_tagger_equals_nltk_tagger():
     caps = _captions()[::40] + TRICKY
     token_lists = [nltk.word_tokenize(c.lower()) for c in caps] + [[], ["dog"]]
     fast = FastPerceptronTagger()
-    assert fast._own_keys
     want = [PerceptronTagger().tag(tokens) for tokens in token_lists[:50]]
     assert [fast.tag(tokens) for tokens in token_lists[:50]] == want  # cold memo: every decision scored
     assert [fast.tag(tokens) for tokens in token_lists[:50]] == want  # memoised decisions
     assert [fast.tag_needed(tokens, [True] * len(tokens)) for tokens in token_lists[:50]] == want
     reference = PerceptronTagger()
     assert [fast.tag(tokens) for tokens in token_lists] == [reference.tag(tokens) for tokens in token_lists]
+
+
+def test_tagger_features_params_and_normalisation_equal_nltk():
+    from nltk.tag.perceptron import PerceptronTagger
+
+    from benchmarks.perceptron_tagger import END, START, FastPerceptronTagger, normalize
+
+    ref, fast = PerceptronTagger(), FastPerceptronTagger()
+    assert (list(START), list(END)) == (ref.START, ref.END)
+    assert fast.weights == ref.model.weights and fast.tagdict == ref.tagdict and set(fast.classes) == ref.classes
+    words = ["A", "well-known", "-x", "dog", "ran", "2,000", "1999", "19999", "m", "", "İ", "3rd", "."]
+    assert [normalize(w) for w in words] == [ref.normalize(w) for w in words]
+    tokens = words[:-4] + ["in", "1999", "."]
+    ctx = ref.START + [ref.normalize(w) for w in tokens] + ref.END
+    prev, prev2 = ref.START
+    for i, word in enumerate(tokens):
+        features = ref._get_features(i, word, ctx, prev, prev2)
+        assert set(features.values()) == {1}
+        assert list(features) == list(fast._feature_keys(i, word, ctx, prev, prev2))
+        prev2, prev = prev, "NN"
+
+
+def test_pinned_word_tokenizer_rules_equal_nltk():
+    import re
+
+    from nltk.tokenize.destructive import NLTKWordTokenizer as T
+
+    from benchmarks.chair_text import _rules
+
+    def engine(p):
+        inner = getattr(p, "_rx", p)  # nltk 3.10 wraps its `regex` patterns in a timed pattern
+        return type(inner).__module__.partition(".")[0], inner.pattern, inner.flags
+
+    first, then, contractions = _rules()
+    want_first = T.STARTING_QUOTES + T.PUNCTUATION + [T.PARENS_BRACKETS, T.DOUBLE_DASHES]
+    for got, want in ((first, want_first), (then, T.ENDING_QUOTES)):
+        assert [(engine(p), r) for p, r, *_ in got] == [(engine(p), r) for p, r in want]
+    assert [engine(p) for _, p in contractions] == [engine(p) for p in T.CONTRACTIONS2 + T.CONTRACTIONS3]
+    for head, p in contractions:  # every match of the pattern holds its head
+        literal = re.sub(r"\(\?#X\)|\(\?i\)|\\b|\(\?=\\s\)|[()]", "", p.pattern).strip()
+        assert head in literal.lower(), (head, p.pattern)
+
+
+def test_punkt_equals_nltk_on_random_text():
+    """Abbreviations, initials, numbers, ellipses, quotes and brackets after a period, line breaks, non-ASCII
+    space and case: our Punkt splits every text as nltk's English Punkt does, with the same parameters."""
+    import random
+
+    from nltk.tokenize.punkt import PunktTokenizer
+
+    from benchmarks.nltk_setup import ensure_nltk_data
+    from benchmarks.punkt import PunktSplitter
+
+    ensure_nltk_data()
+    ref, ours = PunktTokenizer("english"), PunktSplitter()
+    p = ref._params
+    assert (ours.abbrev_types, ours.collocations, ours.sent_starters) == (p.abbrev_types, p.collocations,
+                                                                          p.sent_starters)
+    assert dict(ours.ortho) == dict(p.ortho_context)
+    pieces = ["a", "dog", "Cat", "The", "the", "He", " ", "  ", ".", ". ", "..", "...", ",", ":", ";", "'", '"', "(",
+              ")", "]", "-", "--", "!", "?", "\n", "\n\n", "\t", "1", "2,000", "1999", "3.", "J.", "j.", "e.g.", "St.",
+              "Mr.", "U.S.", "etc.", "Inc.", "Co.", "“", "”", "’", "«", "»", "İ", "No.", "vs.", "p.m.", " I", "Bach",
+              "dividend", "5.", "\u00a0", "\u2029", "\x85", "Mid-air", "mid-Jan.", "jan."]
+    rng = random.Random(0)
+    for _ in range(6000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 16)))
+        assert ours.tokenize(text) == ref.tokenize(text), repr(text)
+    for cap in _captions()[::3]:
+        assert ours.tokenize(cap) == ref.tokenize(cap), cap
 
 
 @pytest.mark.parametrize("fix_vocab_quirks", [False, True])
