@@ -10,8 +10,9 @@ The stopping criteria are `generate`'s defaults: the maximum length and the EOS 
 
 `prompt_lengths` (per item, [B]) switches the length normalization to transformers 4.29's `BeamSearchScorer`
 (what OPERA's patched `generate` used): a finished hypothesis scores `sum_logprobs / len ** length_penalty`
-with `len` the whole sequence before its EOS (prompt included; here the item's unpadded prompt, so batching
-does not change it), and the early-stop test divides the best running score by the current whole length.
+with `len` the whole sequence before its EOS (prompt included; here the item's unpadded prompt as the caller
+counts it, so batching does not change it; a beam still running at the maximum length counts all its tokens, as
+4.29's `finalize`), and the early-stop test divides the best running score by the current whole length.
 The default (None) is transformers 5's normalization over the generated tokens.
 """
 from __future__ import annotations
@@ -103,6 +104,10 @@ class BeamState:
         new = topk_seq[:, :, cur]
         hits = torch.isin(new, self.eos) if self.eos.numel() else torch.zeros_like(new, dtype=torch.bool)
         self.hits = hits | (cur + 1 >= self.max_length)
+        offset = self.norm_offset
+        if torch.is_tensor(offset) and cur + 1 >= self.max_length:
+            # 4.29 `finalize`: a beam still running at the maximum length counts its last token (an EOS does not)
+            offset = offset - (~hits).long()
         self.running_sequences, self.running_beam_scores, self.running_beam_indices = \
             m._get_running_beams_for_next_iteration(
                 topk_log_probs=topk_lp, topk_running_sequences=topk_seq, topk_running_beam_indices=topk_bi,
@@ -112,7 +117,7 @@ class BeamState:
             topk_log_probs=topk_lp, beam_indices=self.beam_indices, topk_running_beam_indices=topk_bi,
             is_early_stop_heuristic_unsatisfied=self.early_unsatisfied, is_sent_finished=self.is_sent_finished,
             next_token_hits_stopping_criteria=self.hits, top_num_beam_mask=self.top_num_beam_mask,
-            num_beams=n, cur_len=cur, decoder_prompt_len=self.norm_offset, length_penalty=self.length_penalty,
+            num_beams=n, cur_len=cur, decoder_prompt_len=offset, length_penalty=self.length_penalty,
             early_stopping=self.early_stopping)
         beam_idx = self.running_beam_indices[..., cur - self.prompt_len].reshape(-1).long()
         tokens = self.running_sequences[:, :, cur].reshape(-1)

@@ -23,7 +23,9 @@ Reference: github.com/shikiw/OPERA, `transformers-4.29.2/src/transformers/genera
 
 Beam bookkeeping is transformers 5's own (`interventions.beam.BeamState`): lengths are normalized as
 `generate` does (over the generated tokens), or with `reference_length_normalization` as the reference's
-transformers 4.29 `BeamSearchScorer` (over the whole sequence, prompt included).
+transformers 4.29 `BeamSearchScorer` (over the whole sequence, prompt included, each run of image tokens counted
+as ONE token: OPERA's LLaVA wrapper hands `generate` one placeholder id per image). Checked against the reference
+run on the tiny LLaVA (tests/test_opera_reference.py: same tokens, rollbacks and best-hypothesis scores).
 
 The loop (`interventions.opera_engine`) prefills the prompts once, repeats the cache per beam and keeps the
 candidate pass's KV of each chosen candidate, so a step costs one forward of C tokens per beam (a plain
