@@ -13,7 +13,10 @@ The stopping criteria are `generate`'s defaults: the maximum length and the EOS 
 with `len` the whole sequence before its EOS (prompt included; here the item's unpadded prompt as the caller
 counts it, so batching does not change it; a beam still running at the maximum length counts all its tokens, as
 4.29's `finalize`), and the early-stop test divides the best running score by the current whole length.
-The default (None) is transformers 5's normalization over the generated tokens.
+The default (None) is transformers 5's normalization over the generated tokens. One known difference from
+4.29 remains: its early-stop test reads the best of all 2N candidates, EOS ones included, where this reads the
+best running beam; they differ only when an EOS candidate ranks first while every finished slot is full (the
+comparison with the reference, tests/test_opera_reference.py, never reached that case).
 """
 from __future__ import annotations
 
