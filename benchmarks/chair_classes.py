@@ -13,7 +13,7 @@ in tests/test_scoring_lean.py). On the shipped captions about 1 token in 15 need
 """
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 from benchmarks.chair_text import lemmatize, word_tokenize
 
@@ -47,12 +47,12 @@ class WordClasses:
         return hit
 
 
-def needed_tags(fixed_class: Sequence[bool], in_tagdict: Sequence[bool]) -> list[bool]:
+def needed_tags(fixed_class: Sequence[bool], tokens: Sequence[str], tagdict: Mapping[str, str]) -> list[bool]:
     """Which tokens' tags must be known: those whose class depends on the tag, and the two tokens before
-    every needed token that the tagger scores (a tag-dictionary word is tagged without its context)."""
+    every needed token that the tagger scores (a word of the tag dictionary is tagged without its context)."""
     need = [not f for f in fixed_class]
     for j in range(len(need) - 1, -1, -1):
-        if need[j] and not in_tagdict[j]:
+        if need[j] and not tagdict.get(tokens[j]):
             if j >= 1:
                 need[j - 1] = True
             if j >= 2:
@@ -92,7 +92,7 @@ def summarise_captions(captions: Iterable[str], vocab, tagger, word_classes: Wor
         if all(f for f, _ in info):
             classes = [c for _, c in info]
         else:
-            need = needed_tags([f for f, _ in info], [bool(tagdict.get(t)) for t in tokens])
+            need = needed_tags([f for f, _ in info], tokens, tagdict)
             tagged = tagger.tag_needed(tokens, need)
             classes = [c if f else c[POS_OF_TAG.get(tag[:1], "n")] for (f, c), (_, tag) in zip(info, tagged)]
         out.append(count_classes(classes, vocab) if any(c is not None for c in classes) else (len(classes), ()))

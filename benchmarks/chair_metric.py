@@ -34,6 +34,7 @@ from typing import Iterable, Mapping
 
 from benchmarks.base import DATA_DIR
 from benchmarks.chair_text import lemmatize, word_tokenize
+from benchmarks.lazy_json import read_object
 from benchmarks.nltk_setup import get_tagger
 
 CHAIR_DIR = DATA_DIR / "chair"
@@ -196,7 +197,7 @@ class GroundTruth(Mapping):
     """image id -> frozenset of MSCOCO objects over the JSON object of an ``imid_to_objects`` file; an entry
     becomes a frozenset when it is first read (building all 123k of them took most of a small run)."""
 
-    def __init__(self, raw: dict, where: str):
+    def __init__(self, raw: Mapping, where: str):
         self._raw, self._sets, self._where = raw, {}, where
 
     def __getitem__(self, image_id: int) -> frozenset:
@@ -229,8 +230,8 @@ def load_ground_truth(variant_or_path: str = "lemma_pos") -> GroundTruth:
         if not path.exists():
             raise ValueError(f"unknown CHAIR ground truth {variant_or_path!r}: use one of "
                              f"{sorted(GROUND_TRUTH_FILES)} or an existing imid_to_objects JSON file")
-    data = json.loads(path.read_text(encoding="utf-8"))
-    if not isinstance(data, dict) or not all(k.isdigit() for k in data):
+    data = read_object(path)  # the shipped files: keys at once, an image's objects when first read
+    if not isinstance(data, Mapping) or not all(k.isdigit() for k in data):
         raise ValueError(f"{path}: expected a JSON object of COCO image id -> list of objects")
     if not all(k[0] != "0" or k == "0" for k in data):  # "0009" -> "9"
         data = {str(int(k)): v for k, v in data.items()}

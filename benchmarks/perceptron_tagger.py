@@ -11,12 +11,12 @@ the installed nltk (features and tags): tests/test_scoring_lean.py, tests/test_c
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from benchmarks.lazy_json import read_object
 from benchmarks.nltk_setup import NLTK_DATA_DIR
 
 PARAM_KINDS = ("weights", "tagdict", "classes")  # nltk's order of the tagger's JSON files
@@ -34,7 +34,7 @@ def load_tagger_params(lang: str = "eng", root: Path | None = None) -> tuple[dic
     for kind in PARAM_KINDS:
         path = root / f"averaged_perceptron_tagger_{lang}.{kind}.json"
         try:
-            params.append(json.loads(path.read_bytes().decode("utf-8"), parse_constant=_no_constants))
+            params.append(read_object(path, parse_constant=_no_constants))  # weights: rows decoded when first read
         except FileNotFoundError:
             raise LookupError(f"POS tagger data not found: {path} (shipped with the package; reinstall it)") from None
     return tuple(params)

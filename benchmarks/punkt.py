@@ -39,6 +39,7 @@ _CONTEXT_RE = regex.compile(rf"""
             |
             \s+(?P<next_tok>\S+)
         ))""", regex.UNICODE | regex.VERBOSE)
+_CLOSERS = frozenset('"\')]}\u2018\u2019\u201c\u201d\xab\xbb')  # the first character _REALIGN_RE can match
 _REALIGN_RE = regex.compile(r'["\')\]}\u2018\u2019\u201c\u201d\xab\xbb]+?(?:\s+|(?=--)|$)', regex.MULTILINE)
 _ELLIPSIS_RE = regex.compile(r"\.\.+$")
 _NUMERIC_RE = regex.compile(r"^-?[\.,]?\d[\d,\.-]*\.?$")
@@ -177,7 +178,8 @@ class PunktSplitter:
                     out.append((start, stop))
                 continue
             nxt_start, nxt_stop = slices[i + 1]
-            m = _REALIGN_RE.match(text[nxt_start:nxt_stop])
+            # the pattern must start with a closing quote or bracket
+            m = _REALIGN_RE.match(text[nxt_start:nxt_stop]) if text[nxt_start:nxt_start + 1] in _CLOSERS else None
             if m:
                 out.append((start, nxt_start + len(m.group(0).rstrip())))
                 realign = m.end()

@@ -295,7 +295,7 @@ def test_tag_needed_equals_full_tagging_where_needed():
         tokens = word_tokenize(cap.lower())
         want = full.tag(tokens)
         wanted = [rng.random() < 0.1 for _ in tokens]
-        need = needed_tags([not w for w in wanted], [bool(tagger.tagdict.get(t)) for t in tokens])
+        need = needed_tags([not w for w in wanted], tokens, tagger.tagdict)
         got = tagger.tag_needed(tokens, need)
         assert [g for g, n in zip(got, need) if n] == [w for w, n in zip(want, need) if n]
         assert all(tag is None for (_, tag), n in zip(got, need) if not n)

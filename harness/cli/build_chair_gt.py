@@ -21,13 +21,13 @@ Example (train + val, like the reference)::
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Callable, Iterable
 
 from benchmarks.chair_metric import ChairVocab, analyse_words, lemma_pos_tokens, load_vocab
+from benchmarks.lazy_json import write_lines_object
 
 
 def get_singularizer() -> tuple[Callable[[str], str], str]:
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     gt = build_ground_truth(args.instances, args.captions, args.variant, args.fix_vocab_quirks, singularize)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({str(k): v for k, v in gt.items()}, separators=(",", ":")), encoding="utf-8")
+    write_lines_object(out, {str(k): v for k, v in gt.items()})  # one image per line: scoring reads it lazily
     n_empty = sum(1 for v in gt.values() if not v)
     print(f"wrote {out}: {len(gt)} images ({n_empty} without objects), variant {args.variant}")
     return 0
