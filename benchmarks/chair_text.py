@@ -11,7 +11,7 @@ without importing nltk (its import alone costs a scoring run about 0.4 s).
   A plain sentence (ASCII letters, digits, spaces and ``,.-``: most captions) runs only the rules that can
   change its tokens (``_plain_rules``).
 * ``lemmatize(word, pos)`` == ``WordNetLemmatizer().lemmatize(word, pos)``: nltk's ``_morphy``
-  (copied from ``nltk/corpus/reader/wordnet.py``) over the lemma index and exception lists of the
+  (as in ``nltk/corpus/reader/wordnet.py``) over the lemma index and exception lists of the
   shipped WordNet, read directly. nltk's ``WordNetCorpusReader`` also scans ``data.adj`` and reads
   ``index.sense`` twice for multilingual mappings, none of which a lemma lookup uses (seconds).
 

@@ -21,14 +21,6 @@ from benchmarks.base import DATA_DIR
 #: the shipped NLTK data folder
 NLTK_DATA_DIR = DATA_DIR / "nltk_data"
 
-#: NLTK resource names CHAIR needs (as ``nltk.data.find`` spells them), with what each is used for
-REQUIRED_RESOURCES = {
-    "tokenizers/punkt_tab/english/": "nltk.word_tokenize (sentence splitting)",
-    "taggers/averaged_perceptron_tagger_eng/": "nltk.pos_tag",
-    "corpora/wordnet.zip/wordnet/": "WordNetLemmatizer",
-}
-
-
 #: optional dependencies nltk imports when installed (inside try/except ImportError); CHAIR uses none of them
 OPTIONAL_HEAVY = ("scipy", "sklearn", "pandas", "matplotlib")
 
@@ -72,24 +64,6 @@ def ensure_nltk_data() -> None:
         while path in nltk.data.path:
             nltk.data.path.remove(path)
         nltk.data.path.insert(0, path)
-
-
-def check_nltk_data() -> None:
-    """Raise LookupError naming every CHAIR resource NLTK cannot find (after ``ensure_nltk_data``)."""
-    nltk = import_nltk()
-
-    ensure_nltk_data()
-    missing = []
-    for name, use in REQUIRED_RESOURCES.items():
-        try:
-            nltk.data.find(name)
-        except LookupError:
-            missing.append(f"{name} (for {use})")
-    if missing:
-        raise LookupError(
-            "NLTK resources for CHAIR not found: " + "; ".join(missing)
-            + f". They are shipped in {NLTK_DATA_DIR}; reinstall the package if that folder is incomplete."
-        )
 
 
 @functools.lru_cache(maxsize=1)
