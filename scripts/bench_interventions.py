@@ -8,6 +8,9 @@ intervention (none, head_guide, damro, vcd, pai, icd, m3id, dola) with greedy de
 `--max-new-tokens` tokens
 (min_new_tokens = max_new_tokens, so an early EOS cannot shorten one run). `--models` defaults to the tiny
 model of every registered family; a method that cannot run on a family prints its reason instead of a row.
+The targets are about real checkpoints on a GPU, where a method's extra view shares the batch's kernels (on
+the tiny CPU models a second view costs a whole forward pass); there, name a model config:
+`--models llava15_7b --device cuda` (`--dtype` overrides the config's).
 Time is CPU time of this process (`time.process_time`; on a GPU, wall time after synchronising), which a
 shared machine disturbs far less than wall time. Rounds are interleaved (each round runs every intervention
 once, in rotated order) after one warm-up round; the ratio is the median over rounds of the per-round ratio
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -28,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 import torch
 
+from harness.errors import EXIT_CODE, HarnessError
 from harness.registry import INTERVENTIONS
 from harness.runner import generate_with_plan
 from interventions.base import build_intervention
@@ -47,6 +52,13 @@ def bench_models() -> list[str]:
     from harness.models.tiny import tiny_names
 
     return tiny_names()
+
+
+def model_choices() -> list[str]:
+    """Every shipped model config (configs/model/*.yaml): the tiny models and the real checkpoints."""
+    import configs
+
+    return sorted(p.stem for p in (Path(configs.__file__).parent / "model").glob("*.yaml"))
 
 
 def intervention_configs(methods=METHODS) -> dict:
@@ -77,13 +89,21 @@ def run_once(adapter, intervention, batch, decoding) -> tuple[float, int]:
 
 
 def bench_model(model_name: str, args) -> list[tuple[str, str, float, float | None, str]]:
-    """Rows (model, intervention, median seconds, ratio to none, verdict) for one tiny model."""
+    """Rows (model, intervention, median seconds, ratio to none, verdict) for one model config."""
     from PIL import Image
 
     from benchmarks.base import DATA_DIR
+    from harness.config import group_defaults
     from harness.models.loader import load_adapter
 
-    adapter = load_adapter({"name": model_name, "tiny": model_name, "device": args.device})
+    cfg = {**group_defaults("model", model_name), "device": args.device}
+    if args.dtype:
+        cfg["dtype"] = args.dtype
+    if not cfg.get("tiny"):  # an unreachable hub id fails in seconds, with what to set
+        from harness.hub import check_reachable
+
+        check_reachable(cfg.get("path"))
+    adapter = load_adapter(cfg)
     paths = sorted((DATA_DIR / "images").glob("*.jpg"))
     images = [Image.open(paths[i % len(paths)]).convert("RGB") for i in range(args.batch)]
     questions = [QUESTIONS[i % len(QUESTIONS)] for i in range(args.batch)]
@@ -132,13 +152,15 @@ def time_group(model_name, adapter, batch, decoding, cfgs, targets, args, base_l
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", nargs="+", default=None, choices=bench_models(), help="default: every family")
+    ap.add_argument("--models", nargs="+", default=None, choices=model_choices(), metavar="MODEL",
+                    help="model configs (configs/model/: tiny or real checkpoints); default: every family's tiny model")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--beams", type=int, default=5, help="beams of the beam-search group (opera); 0: skip it")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+    ap.add_argument("--dtype", default=None, help="override the model config's dtype (e.g. bfloat16)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -147,11 +169,18 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.repeats} interleaved rounds, median of per-round CPU-time ratios; "
           f"torch threads {torch.get_num_threads()}, device {args.device}")
     print(f"{'model':<22} {'intervention':<16} {'median s':>9} {'ratio':>7}  verdict")
+    status = 0
     for model_name in args.models or bench_models():
-        for model, name, med, ratio, verdict in bench_model(model_name, args):
+        try:
+            rows = bench_model(model_name, args)
+        except HarnessError as e:  # e.g. a hub id that cannot be reached: one line, then the next model
+            print(f"error: {model_name}: {e}", file=sys.stderr)
+            status = EXIT_CODE
+            continue
+        for model, name, med, ratio, verdict in rows:
             shown = f"{ratio:6.2f}x" if ratio is not None else "     - "
             print(f"{model:<22} {name:<16} {med:9.4f} {shown}  {verdict}")
-    return 0
+    return status
 
 
 if __name__ == "__main__":

@@ -12,13 +12,38 @@ FAMILIES = family_names()
 MODEL_CONFIGS = {p.stem: OmegaConf.to_container(OmegaConf.load(p)) for p in (ROOT / "configs/model").glob("*.yaml")}
 
 
-def _bench_models() -> list[str]:
+def _bench_module():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("bench_interventions", ROOT / "scripts/bench_interventions.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    return mod.bench_models()
+    return mod
+
+
+def _bench_models() -> list[str]:
+    return _bench_module().bench_models()
+
+
+def test_bench_takes_real_configs_and_an_unreachable_one_is_one_line(monkeypatch, capsys):
+    """The speed targets are about real checkpoints on a GPU: the bench takes any model config; a real one
+    whose hub id cannot be reached is one error line, and the other models are still timed."""
+    import harness.hub
+    from harness.errors import EXIT_CODE, HubUnreachableError
+
+    bench = _bench_module()
+    assert set(MODEL_CONFIGS) == set(bench.model_choices())
+
+    def unreachable(path, *a, **k):
+        raise HubUnreachableError(f"model.path={path!r}: the hub cannot be reached")
+
+    monkeypatch.setattr(harness.hub, "check_reachable", unreachable)
+    rc = bench.main(["--models", "llava15_7b", "tiny_llava", "--batch", "1", "--max-new-tokens", "2",
+                     "--repeats", "1", "--beams", "0"])
+    out, err = capsys.readouterr()
+    assert rc == EXIT_CODE and "error: llava15_7b: model.path='llava-hf/llava-1.5-7b-hf'" in err
+    rows = [line.split() for line in out.splitlines() if line.startswith("tiny_llava")]
+    assert [r[1] for r in rows][:2] == ["none", "head_guide"] and len(rows) == 8
 
 
 def test_the_registry_holds_the_families_papers_evaluate():
