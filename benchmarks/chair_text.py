@@ -31,7 +31,6 @@ from benchmarks.punkt import english_splitter
 WORDNET_ZIP = NLTK_DATA_DIR / "corpora" / "wordnet.zip"
 
 # ------------------------------------------------------------------ word tokenizer
-_CONTRACTION_GATE = re.compile(r"(?i)can|d'ye|gim|gon|got|lem|more'n|wan|'t")  # literal heads of CONTRACTIONS2/3
 #: pattern source -> characters of which at least one must be in the text for the pattern to match
 _GATES = {
     "([«“‘„]|[`]+)": "«“‘„`", r"^\"": '"', r"(``)": "`", r"([ \(\[{<])(\"|\'{2})": "\"'",
@@ -97,6 +96,8 @@ def _plain_rules() -> tuple[list, list, list]:
 #: the literal head of each contraction pattern (in _CONTRACTIONS' order): on ASCII text, where the
 #: case-insensitive match is a plain substring test on the lower-cased text, a pattern runs only where its head is
 _CONTRACTION_HEADS = ("can", "d'ye", "gim", "gon", "got", "lem", "more'n", "wan", "'t", "'t")
+#: some head, case-insensitively (the test for non-ASCII text, where case folding is not just lower())
+_CONTRACTION_GATE = re.compile("(?i)" + "|".join(map(re.escape, dict.fromkeys(_CONTRACTION_HEADS))))
 #: a "plain" sentence (most captions): ASCII letters, digits, spaces, commas, periods and hyphens, without ".."
 #: or "--"; only a few rules can change its tokens (``_plain_rules``)
 _PLAIN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 ,.-")

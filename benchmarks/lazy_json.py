@@ -1,4 +1,4 @@
-"""Large JSON tables stored one entry per line and read lazily: the keys at once, a value when first read.
+"""Large JSON tables stored one entry per line and read lazily: the keys at once, a value when it is read.
 
 The big shipped tables a scoring run reads only a little of (the CHAIR ground truth: 123k images, a run reads
 its captions' ones; the POS tagger's weights: 75k feature rows, a run reads some thousands) are written by
@@ -10,7 +10,7 @@ its captions' ones; the POS tagger's weights: 75k feature rows, a run reads some
     }
 
 which is still plain JSON (``json.load`` and nltk read it as before). ``read_object`` finds the keys of such a
-text with one regular-expression pass and decodes each value on first read; any other JSON text is decoded
+text with one regular-expression pass and decodes a value when it is read; any other JSON text is decoded
 whole, so what it returns equals ``json.loads`` of the file (for a valid JSON file: a lazily read one is not
 checked beyond its layout until a value is read). Decoding the two tables whole took about
 a tenth of a 5,000-caption CHAIR run.
@@ -29,23 +29,19 @@ _LINE_KEY, _NEXT_LINE_KEY = re.compile(_KEY), re.compile("\n" + _KEY)
 
 
 class LazyObject(Mapping):
-    """key -> value of a one-entry-per-line JSON object; a value is decoded when first read, then kept."""
+    """key -> value of a one-entry-per-line JSON object; a value is decoded when read (its readers, the CHAIR
+    ground truth and the tagger, keep what they read in their own form)."""
 
     def __init__(self, lines: dict[str, str], where: str, parse_constant: Callable[[str], Any] | None):
-        self._lines, self._decoded, self._where, self._parse_constant = lines, {}, where, parse_constant
+        self._lines, self._where, self._parse_constant = lines, where, parse_constant
 
     def __getitem__(self, key: str) -> Any:
-        try:
-            return self._decoded[key]
-        except KeyError:
-            line = self._lines[key]
+        line = self._lines[key]
         value = line[_LINE_KEY.match(line).end():]
         try:
-            hit = json.loads(value[:-1] if value.endswith(",") else value, parse_constant=self._parse_constant)
+            return json.loads(value[:-1] if value.endswith(",") else value, parse_constant=self._parse_constant)
         except ValueError as err:
             raise ValueError(f"{self._where}: entry {key!r}: {err}") from None
-        self._decoded[key] = hit
-        return hit
 
     def __contains__(self, key: object) -> bool:
         return key in self._lines

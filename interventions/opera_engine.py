@@ -84,9 +84,9 @@ class Lane:
             # the 4.29 scorer counts the ids the reference's `generate` got: OPERA's LLaVA wrapper passes each image
             # as ONE placeholder id (-200), so a run of image tokens counts as one (checked against the reference:
             # tests/test_opera_reference.py)
-            img = img.bool()
-            runs = (img & ~torch.cat([torch.zeros_like(img[:, :1]), img[:, :-1]], dim=1)).sum(-1)  # image runs
-            lengths = mask.sum(-1) - img.sum(-1) + runs
+            is_img = img.bool()
+            starts = is_img & ~torch.cat([torch.zeros_like(is_img[:, :1]), is_img[:, :-1]], dim=1)  # image runs
+            lengths = mask.sum(-1) - is_img.sum(-1) + starts.sum(-1)
         beams = BeamState(adapter.model, prompt_ids, prompt_lengths=lengths, **beam_kw)
         self.groups = [_Group(list(range(b)), slice(0, b * n), beams, self.logits)]
         # per item: rollbacks per position, rejected (beam, token) pairs per position, the trace of rollbacks
